@@ -1,0 +1,1 @@
+"""xArm6 facts (limits, kinematics) and driver backends."""

@@ -1,0 +1,60 @@
+"""evo1_ros: ament_python package (colcon build) that also installs with `pip install -e .`."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "evo1_ros"
+
+ROS_WHEELS = [
+    # The PyPI builds of ROS 2 Jazzy, for machines without a ROS install. On a real ROS 2 install
+    # these come from apt (package.xml lists them) and this extra is not needed.
+    "ros-jazzy-rclpy[fastrtps]",
+    "ros-jazzy-std-msgs",
+    "ros-jazzy-std-srvs",
+    "ros-jazzy-sensor-msgs",
+    "ros-jazzy-trajectory-msgs",
+    "ros-jazzy-geometry-msgs",
+    "ros-jazzy-visualization-msgs",
+    "ros-jazzy-diagnostic-msgs",
+]
+SIM = ["mujoco>=3.1", "opencv-python-headless>=4.8"]
+ROBOT = ["xarm-python-sdk>=1.14", "pyrealsense2>=2.54"]
+DATA = ["rosbags>=0.10"]
+GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18"]
+TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18"]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Evo-1 vision-language-action policy on a UFACTORY xArm6 with ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    package_data={PACKAGE: ["sim/assets/*"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*")),
+        (f"share/{PACKAGE}/models", glob("models/*.md")),
+    ],
+    install_requires=[
+        "numpy>=1.24",
+        "torch>=2.4",
+        "transformers>=4.52",
+        "tokenizers>=0.19",
+        "safetensors>=0.4",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "ros": ROS_WHEELS,
+        "sim": SIM,
+        "robot": ROBOT,
+        "data": DATA,
+        "gpu": GPU,
+        "test": TEST + ROS_WHEELS + SIM + ROBOT + DATA,
+    },
+    entry_points={"console_scripts": ["evo1-ros = evo1_ros.cli:main"]},
+    zip_safe=False,
+)
