@@ -55,6 +55,15 @@ setup(
         "gpu": GPU,
         "test": TEST + ROS_WHEELS + SIM + ROBOT + DATA,
     },
-    entry_points={"console_scripts": ["evo1-ros = evo1_ros.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "evo1-ros = evo1_ros.cli:main",
+            # ROS 2 node executables (`ros2 run evo1_ros <name>`); colcon puts them in lib/evo1_ros.
+            "inference_node = evo1_ros.nodes.inference:main",
+            "xarm6_driver = evo1_ros.nodes.driver:main",
+            "camera_node = evo1_ros.nodes.camera:main",
+            "sim_node = evo1_ros.nodes.sim:main",
+        ]
+    },
     zip_safe=False,
 )
