@@ -23,3 +23,41 @@ class ChunkPolicy(Protocol):
         state: (action_dim,) joints (rad) + gripper drive; returns (chunk_length, action_dim)
         absolute joint targets (rad) + gripper drive, in robot units (de-normalised)."""
         ...
+
+
+class Evo1ChunkPolicy:
+    """Evo-1 behind the `ChunkPolicy` seam: observation in, de-normalised action chunk out."""
+
+    def __init__(self, model, processor, action_dim: int, num_steps: int | None = None):
+        self.model = model
+        self.processor = processor
+        self.action_dim = action_dim
+        self.chunk_length = model.config.chunk_length
+        self.num_views = model.config.max_views
+        self.num_steps = num_steps
+        self._action_mask = processor.action_mask(action_dim)
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "cpu", dtype: str | None = None, num_steps: int | None = None):
+        import torch
+
+        from ..model.checkpoint import load_checkpoint
+
+        torch_dtype = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in torch_dtype:
+            raise ValueError(f"dtype must be one of float32, bfloat16, float16; got {dtype!r}")
+        model, processor = load_checkpoint(path, device=device, dtype=torch_dtype[dtype])
+        if processor.normalizer is None:
+            raise ValueError(f"{path} has no norm_stats.json: cannot map actions to robot units")
+        return cls(model, processor, processor.normalizer.action_dim, num_steps)
+
+    def predict_chunk(self, images, state, instruction):
+        import torch
+
+        obs = self.processor.observation(images, state, instruction)
+        device = next(self.model.parameters()).device
+        obs = {k: v.to(device) for k, v in obs.items()}
+        obs["pixel_values"] = obs["pixel_values"].to(next(self.model.parameters()).dtype)
+        with torch.inference_mode():
+            actions = self.model.sample(obs, self._action_mask.to(device), num_steps=self.num_steps)
+        return self.processor.actions_to_robot(actions[0].float(), self.action_dim)
