@@ -1,0 +1,199 @@
+"""Bag -> `evo1` dataset conversion: synchronisation, values, stats, the torch Dataset, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from evo1_ros import cli
+from evo1_ros.data import bag
+from evo1_ros.data.convert import NAMES, ConversionError, convert
+
+rclpy_serialization = pytest.importorskip("rclpy.serialization")
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+MS = 1_000_000
+T0 = 1_700_000_000 * 1_000_000_000  # header stamps in wall-clock range
+CAMERAS = {"base": bag.camera_topic("base"), "wrist": bag.camera_topic("wrist")}
+LAYOUT = {"cameras": CAMERAS, "joint_states": bag.JOINT_STATES_TOPIC,
+          "command": bag.COMMAND_TOPIC}
+
+
+def stamp(msg, ns):
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+
+
+def image(ns, value, encoding):
+    # 16x12 frame of one colour (value, 2 * value, 255 - value) in RGB; bgr8 stores it reversed.
+    rgb = np.empty((12, 16, 3), np.uint8)
+    rgb[:] = (value, 2 * value % 256, 255 - value)
+    pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
+    msg = Image(height=12, width=16, encoding=encoding, step=16 * 3,
+                data=np.ascontiguousarray(pixels).tobytes())
+    stamp(msg, ns)
+    return msg
+
+
+def joints(i):
+    return [0.01 * i + 0.1 * j for j in range(6)] + [0.85 * (i % 2)]
+
+
+def joint_state(ns, i):
+    # Names in a different order than ours, to exercise the lookup by name.
+    msg = JointState(name=list(reversed(NAMES)), position=list(reversed(joints(i))))
+    stamp(msg, ns)
+    return msg
+
+
+def command(ns, i):
+    msg = JointTrajectory(joint_names=list(NAMES),
+                          points=[JointTrajectoryPoint(positions=[-x for x in joints(i)])])
+    stamp(msg, ns)
+    return msg
+
+
+def synthetic_messages(seconds=1.0, camera_gap=None):
+    """(topic, stamp ns, msg): cameras at 30 Hz, joints at 100 Hz, commands at 100 Hz (+3 ms)."""
+    out = []
+    for k in range(int(seconds * 30)):
+        ns = T0 + round(k * 1e9 / 30)
+        if camera_gap and camera_gap[0] <= ns - T0 < camera_gap[1]:
+            continue
+        out.append((CAMERAS["base"], ns, image(ns, k, "rgb8")))
+        out.append((CAMERAS["wrist"], ns, image(ns, k + 100, "bgr8")))
+    for i in range(int(seconds * 100)):
+        ns = T0 + i * 10 * MS
+        out.append((bag.JOINT_STATES_TOPIC, ns, joint_state(ns, i)))
+        out.append((bag.COMMAND_TOPIC, ns + 3 * MS, command(ns + 3 * MS, i)))
+    return sorted(out, key=lambda m: m[1])
+
+
+def write_bag(path, messages, meta=None, topics=None):
+    topics = topics or {**{t: bag.IMAGE_TYPE for t in CAMERAS.values()},
+                        bag.JOINT_STATES_TOPIC: bag.JOINT_STATE_TYPE,
+                        bag.COMMAND_TOPIC: bag.TRAJECTORY_TYPE}
+    meta = {"instruction": "stack the cubes", "cameras": list(CAMERAS), "topics": LAYOUT,
+            **(meta or {})}
+    writer = bag.EpisodeWriter(path, topics, meta)
+    for topic, ns, msg in messages:
+        writer.write(topic, ns + 5 * MS, rclpy_serialization.serialize_message(msg))
+    writer.close(True)
+    return path
+
+
+def expected_state(t_ns):
+    i = (t_ns - T0) // (10 * MS)  # latest joint state at or before t
+    return np.array(joints(i), np.float32)
+
+
+def test_convert_samples_on_the_grid(tmp_path):
+    b = write_bag(tmp_path / "ep", synthetic_messages(1.0))
+    meta = convert([b], tmp_path / "ds", rate=10, image_size=8)
+    ep = meta["episodes"][0]
+    # Grid spans 0 .. 0.966 s (last camera frame): steps at 0, 0.1, ..., 0.9.
+    assert ep["grid_steps"] == 10 and ep["length"] == 10 and ep["instruction"] == "stack the cubes"
+    data = np.load(tmp_path / "ds" / ep["file"])
+    grid = T0 + np.arange(10) * 100 * MS
+    np.testing.assert_allclose(data["timestamp"], np.arange(10) * 0.1)
+    np.testing.assert_allclose(data["state"], [expected_state(t) for t in grid], atol=1e-6)
+    # The next command after step t was sent 3 ms later, for joint state index i.
+    np.testing.assert_allclose(data["action"], [-expected_state(t) for t in grid], atol=1e-6)
+    assert meta["state_names"] == list(NAMES) and meta["cameras"] == ["base", "wrist"]
+
+    stats = json.loads((tmp_path / "ds" / "norm_stats.json").read_text())
+    np.testing.assert_allclose(stats["state"]["min"], data["state"].min(0), atol=1e-6)
+    np.testing.assert_allclose(stats["action"]["max"], data["action"].max(0), atol=1e-6)
+    np.testing.assert_allclose(stats["state"]["std"], data["state"].std(0), atol=1e-6)
+    assert stats["count"] == 10
+
+
+def test_observed_action_is_the_next_state(tmp_path):
+    b = write_bag(tmp_path / "ep", synthetic_messages(1.0))
+    meta = convert([b], tmp_path / "ds", rate=10, image_size=8, action_source="observed")
+    data = np.load(tmp_path / "ds" / meta["episodes"][0]["file"])
+    assert meta["episodes"][0]["length"] == 9  # the last step has no next state
+    np.testing.assert_allclose(data["action"][:-1], data["state"][1:])
+
+
+def test_stale_frames_drop_steps_and_are_counted(tmp_path):
+    # No camera frames between 0.3 s and 0.7 s: steps 0.4 .. 0.7 find frames older than 0.1 s.
+    b = write_bag(tmp_path / "ep", synthetic_messages(1.0, camera_gap=(300 * MS, 700 * MS)))
+    meta = convert([b], tmp_path / "ds", rate=10, image_size=8)
+    ep = meta["episodes"][0]
+    assert ep["dropped"]["stale_base"] == ep["dropped"]["stale_wrist"] == 3
+    assert ep["dropped"]["stale_joints"] == 0 and ep["length"] == 7
+    data = np.load(tmp_path / "ds" / ep["file"])
+    np.testing.assert_allclose(data["timestamp"], [0, 0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+
+
+def test_dataset_items(tmp_path):
+    torch = pytest.importorskip("torch")
+    from evo1_ros.data.dataset import Evo1Dataset
+
+    b = write_bag(tmp_path / "ep", synthetic_messages(1.0))
+    convert([b], tmp_path / "ds", rate=10, image_size=8)
+    ds = Evo1Dataset(tmp_path / "ds", horizon=4)
+    assert len(ds) == 10
+    item = ds[8]
+    assert item["images"]["base"].shape == (3, 8, 8) and item["images"]["base"].dtype == torch.uint8
+    # Frame at step 0.8 s is camera frame 24; base published RGB (24, 48, 231), wrist (124, ...).
+    assert item["images"]["base"][:, 0, 0].tolist() == [24, 48, 231]
+    assert item["images"]["wrist"][:, 0, 0].tolist() == [124, 248, 131]
+    assert item["action_is_pad"].tolist() == [False, False, True, True]
+    full = np.load(tmp_path / "ds" / "episode_000000.npz")["action"]
+    np.testing.assert_allclose(item["action"].numpy(), full[[8, 9, 9, 9]])
+    np.testing.assert_allclose(item["state"].numpy(), expected_state(T0 + 800 * MS), atol=1e-6)
+    assert item["instruction"] == "stack the cubes" and item["frame_index"] == 8
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    assert batch["images"]["wrist"].shape == (2, 3, 8, 8) and batch["action"].shape == (2, 4, 7)
+
+
+def test_failed_episodes_are_skipped_unless_kept(tmp_path):
+    good = write_bag(tmp_path / "good", synthetic_messages(0.5))
+    bad = write_bag(tmp_path / "bad", synthetic_messages(0.5), meta={"instruction": "other"})
+    meta_file = bad / "episode.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "success": False}))
+    assert len(convert([good, bad], tmp_path / "a", rate=10, image_size=8)["episodes"]) == 1
+    kept = convert([good, bad], tmp_path / "b", rate=10, image_size=8, keep_failed=True)
+    assert [e["instruction"] for e in kept["episodes"]] == ["stack the cubes", "other"]
+
+
+def test_empty_bag_fails_clearly(tmp_path):
+    b = write_bag(tmp_path / "empty", [])
+    with pytest.raises(ConversionError, match=f"{b}: bag is empty"):
+        convert([b], tmp_path / "ds")
+
+
+def test_missing_camera_topic_fails_clearly(tmp_path):
+    messages = [m for m in synthetic_messages(0.5) if m[0] != CAMERAS["wrist"]]
+    b = write_bag(tmp_path / "ep", messages)
+    with pytest.raises(ConversionError, match=f"{b}: no messages on topic {CAMERAS['wrist']}"):
+        convert([b], tmp_path / "ds")
+
+
+def test_reversed_stamps_fail_clearly(tmp_path):
+    messages = synthetic_messages(0.5)
+    js = [k for k, m in enumerate(messages) if m[0] == bag.JOINT_STATES_TOPIC]
+    # Arrival (log time) order kept, header stamps of messages 10 and 11 swapped.
+    (topic, a, msg_a), (_, b, msg_b) = messages[js[10]], messages[js[11]]
+    messages[js[10]], messages[js[11]] = (topic, a, msg_b), (topic, b, msg_a)
+    b = write_bag(tmp_path / "ep", messages)
+    with pytest.raises(ConversionError,
+                       match=f"{b}: stamps on topic /joint_states go backwards at message 11"):
+        convert([b], tmp_path / "ds")
+
+
+def test_cli_reports_errors_and_converts(tmp_path, capsys):
+    empty = write_bag(tmp_path / "empty", [])
+    assert cli.main(["convert", str(empty), "--out", str(tmp_path / "x")]) == 1
+    assert f"{empty}: bag is empty" in capsys.readouterr().err
+
+    b = write_bag(tmp_path / "ep", synthetic_messages(0.5))
+    argv = ["convert", str(b), "--out", str(tmp_path / "ds"), "--rate", "20", "--image-size",
+            "8", "--cameras", "wrist", "--codec", "jpg"]
+    assert cli.main(argv) == 0
+    meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    assert meta["cameras"] == ["wrist"] and meta["fps"] == 20 and meta["codec"] == "jpg"
+    assert cli.main(argv) == 1  # refuses to overwrite a dataset
+    assert "already holds a dataset" in capsys.readouterr().err
