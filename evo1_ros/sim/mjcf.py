@@ -1,0 +1,192 @@
+"""The MuJoCo scene, written from `robot/xarm6.py`: xArm6 + parallel gripper, table, can, box, cameras.
+
+World frame = `link_base`: the arm is bolted to the table top at the origin, so joint angles, FK
+and object poses share one frame. Geometry is simple capsules and boxes; the kinematics are exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evo1_ros.robot.xarm6 import (
+    GRIPPER_CLOSED,
+    JOINT_LOWER,
+    JOINT_NAMES,
+    JOINT_ORIGINS,
+    JOINT_UPPER,
+    TCP_OFFSET_WITH_GRIPPER,
+)
+
+TIMESTEP = 0.002  # s; 500 Hz physics
+GRIPPER_STROKE = 0.085  # m, fully open jaw width of the xArm gripper
+FINGER_TRAVEL = GRIPPER_STROKE / 2  # m per finger, open -> closed
+CAN_RADIUS, CAN_HEIGHT = 0.033, 0.12  # a 330 ml drink can
+BOX_INNER, BOX_WALL, BOX_HEIGHT = 0.08, 0.008, 0.07  # half inner width, wall thickness, wall height
+CAMERAS = ("base", "wrist")
+
+# Link geometry, per link in its own frame: capsules (from, to, radius) between joint origins, so
+# the shapes follow JOINT_ORIGINS automatically.
+_LINK_CAPSULES = {
+    "link1": [((0, 0, -0.14), (0, 0, 0.0), 0.05)],
+    "link2": [((0, 0, 0), JOINT_ORIGINS[2][0], 0.045)],
+    "link3": [((0, 0, 0), (JOINT_ORIGINS[3][0][0], 0, 0), 0.04), ((JOINT_ORIGINS[3][0][0], 0, 0), JOINT_ORIGINS[3][0], 0.04)],
+    "link4": [],
+    "link5": [((0, 0, 0), JOINT_ORIGINS[5][0], 0.037)],
+}
+# Stiff, critically damped position servos: the real controller tracks servo targets closely and
+# compensates gravity (gravcomp below), so steady-state error comes only from contact loads.
+_ARM_KP = (1500, 1500, 1000, 300, 300, 150)  # N m / rad
+_ARM_FORCE = (50, 50, 32, 32, 32, 20)  # N m, xArm6 joint torque ballpark
+_FINGER_KP, _FINGER_FORCE = 2000.0, 40.0  # N / m, N: ~40 N grip, like the xArm gripper
+
+
+def _v(values) -> str:
+    return " ".join(f"{float(x):.12g}" for x in values)
+
+
+def _xyaxes(pos, target, up=(0.0, 0.0, 1.0)) -> str:
+    """MuJoCo camera orientation (x right, y up, looking along -z) that looks from pos at target."""
+    forward = np.subtract(target, pos, dtype=float)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    return _v([*right, *np.cross(right, forward)])
+
+
+def _capsules(name: str) -> str:
+    return "".join(
+        f'<geom class="link" type="capsule" fromto="{_v(a)} {_v(b)}" size="{r}"/>'
+        for a, b, r in _LINK_CAPSULES[name]
+    )
+
+
+def _arm() -> str:
+    """link1..link6 nested as in the URDF: each body sits at its joint origin (xyz + URDF rpy)."""
+    xml_open, xml_close = [], []
+    for i, ((xyz, rpy), joint) in enumerate(zip(JOINT_ORIGINS, JOINT_NAMES)):
+        link = f"link{i + 1}"
+        body = (
+            f'<body name="{link}" pos="{_v(xyz)}" euler="{_v(rpy)}" gravcomp="1">'
+            f'<joint name="{joint}" range="{JOINT_LOWER[i]:.6g} {JOINT_UPPER[i]:.6g}"/>'
+            # a motor housing around every joint axis, for looks
+            f'<geom class="housing" type="cylinder" size="0.048 0.055"/>'
+        )
+        xml_open.append(body + (_capsules(link) if link != "link6" else _gripper()))
+        xml_close.append("</body>")
+    return "".join(xml_open) + "".join(reversed(xml_close))
+
+
+def _gripper() -> str:
+    """Flange, palm and two fingers sliding along link6's y. Jaw pads are centred on link_tcp."""
+    tcp = TCP_OFFSET_WITH_GRIPPER
+    fingers = []
+    for side, sign in (("left", 1), ("right", -1)):
+        fingers.append(
+            f'<body name="{side}_finger" pos="0 {sign * FINGER_TRAVEL:.6g} {tcp}" gravcomp="1">'
+            f'<joint name="{side}_finger" class="finger_joint" type="slide" axis="0 {-sign} 0" range="0 {FINGER_TRAVEL:.6g}"/>'
+            f'<geom class="pad" type="box" size="0.011 0.005 0.022" pos="0 {sign * 0.005} 0"/>'
+            f'<geom class="grip" type="box" size="0.011 0.006 0.022" pos="0 {sign * 0.016} -0.036"/>'
+            "</body>"
+        )
+    return (
+        '<site name="tcp" pos="0 0 %g" group="4"/>' % tcp
+        + '<geom class="grip" type="cylinder" size="0.04 0.012" pos="0 0 0.012"/>'
+        + '<geom class="grip" type="box" size="0.028 0.065 0.04" pos="0 0 0.064"/>'
+        # a RealSense-like wrist camera on the palm, looking down the jaws at the TCP
+        + '<geom class="camera" type="box" size="0.0125 0.045 0.0125" pos="0.066 0 0.1"/>'
+        + f'<camera name="wrist" pos="0.08 0 0.1" xyaxes="{_xyaxes((0.08, 0, 0.1), (0, 0, tcp + 0.13), up=(1, 0, 0))}" fovy="65"/>'
+        + "".join(fingers)
+    )
+
+
+def _box() -> str:
+    """White open box: a floor and four walls around a (2 BOX_INNER)^2 opening."""
+    outer, half_wall = BOX_INNER + BOX_WALL, BOX_WALL / 2
+    z = BOX_HEIGHT / 2
+    walls = [
+        (0, 0, half_wall, outer, outer, half_wall),
+        (BOX_INNER + half_wall, 0, z, half_wall, outer, z),
+        (-BOX_INNER - half_wall, 0, z, half_wall, outer, z),
+        (0, BOX_INNER + half_wall, z, BOX_INNER, half_wall, z),
+        (0, -BOX_INNER - half_wall, z, BOX_INNER, half_wall, z),
+    ]
+    geoms = "".join(f'<geom class="object" type="box" material="box" pos="{_v(w[:3])}" size="{_v(w[3:])}"/>' for w in walls)
+    return f'<body name="box" pos="0.4 0.25 0"><freejoint name="box"/>{geoms}</body>'
+
+
+def build_mjcf(image_size: int = 448) -> str:
+    """The whole scene as an MJCF string. `image_size` sizes the offscreen buffer (square views)."""
+    actuators = "".join(
+        f'<position name="{j}" joint="{j}" kp="{kp}" dampratio="1.3" ctrlrange="{lo:.6g} {hi:.6g}" '
+        f'forcerange="{-f} {f}"/>'
+        for j, kp, f, lo, hi in zip(JOINT_NAMES, _ARM_KP, _ARM_FORCE, JOINT_LOWER, JOINT_UPPER)
+    )
+    for side in ("left", "right"):
+        actuators += (
+            f'<position name="{side}_finger" joint="{side}_finger" kp="{_FINGER_KP}" dampratio="1" '
+            f'ctrlrange="0 {FINGER_TRAVEL:.6g}" forcerange="{-_FINGER_FORCE} {_FINGER_FORCE}"/>'
+        )
+    base_cam = (1.2, -0.4, 0.8)
+    return f"""
+<mujoco model="xarm6_pick_place_can">
+  <compiler angle="radian" eulerseq="XYZ" autolimits="true"/>
+  <option timestep="{TIMESTEP}" integrator="implicitfast" cone="elliptic" impratio="10"/>
+  <visual>
+    <global offwidth="{image_size}" offheight="{image_size}"/>
+    <quality shadowsize="2048"/>
+    <headlight ambient="0.3 0.3 0.3" diffuse="0.3 0.3 0.3" specular="0.1 0.1 0.1"/>
+  </visual>
+  <asset>
+    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.75 0.8 0.9" rgb2="0.3 0.35 0.4" width="64" height="64"/>
+    <texture name="floor" type="2d" builtin="checker" rgb1="0.35 0.35 0.38" rgb2="0.3 0.3 0.33" width="256" height="256"/>
+    <material name="floor" texture="floor" texrepeat="8 8"/>
+    <material name="wood" rgba="0.7 0.6 0.48 1" specular="0.1"/>
+    <material name="arm" rgba="0.92 0.92 0.9 1" specular="0.4" shininess="0.5"/>
+    <material name="housing" rgba="0.75 0.76 0.78 1" specular="0.6" shininess="0.7"/>
+    <material name="grip" rgba="0.18 0.18 0.2 1"/>
+    <material name="can" rgba="0.8 0.05 0.05 1" specular="0.8" shininess="0.9"/>
+    <material name="metal" rgba="0.8 0.8 0.82 1" specular="0.9" shininess="0.9"/>
+    <material name="box" rgba="0.97 0.97 0.95 1" specular="0.1"/>
+  </asset>
+  <default>
+    <joint armature="0.1" damping="1"/>
+    <geom solref="0.004 1" friction="1 0.02 0.001"/>
+    <!-- contype/conaffinity: arm (2/1) touches the world (1/3) but never itself -->
+    <default class="link"><geom material="arm" contype="2" conaffinity="1"/></default>
+    <default class="housing"><geom material="housing" contype="0" conaffinity="0"/></default>
+    <default class="camera"><geom material="grip" contype="0" conaffinity="0"/></default>
+    <default class="grip"><geom material="grip" contype="2" conaffinity="1"/>
+      <default class="pad"><geom friction="1.5 0.05 0.001" condim="6" priority="1"/></default>
+    </default>
+    <default class="object"><geom contype="1" conaffinity="3"/></default>
+    <default class="finger_joint"><joint armature="0.01" damping="5"/></default>
+  </default>
+  <worldbody>
+    <light name="sun" directional="true" pos="0.4 0.2 2.5" dir="-0.2 -0.1 -1" diffuse="0.5 0.5 0.5" castshadow="true"/>
+    <light name="fill" pos="1.2 -0.8 1.5" dir="-1 0.6 -1" diffuse="0.2 0.2 0.2" castshadow="false"/>
+    <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 -0.75" material="floor" contype="0" conaffinity="0"/>
+    <geom name="table" class="object" type="box" size="0.55 0.6 0.02" pos="0.25 0 -0.02" material="wood"/>
+    {"".join(f'<geom class="housing" type="box" size="0.025 0.025 0.365" pos="{x} {y} -0.385"/>' for x in (-0.27, 0.77) for y in (-0.57, 0.57))}
+    <geom name="pedestal" class="housing" type="cylinder" size="0.06 0.065" pos="0 0 0.065"/>
+    <camera name="base" pos="{_v(base_cam)}" xyaxes="{_xyaxes(base_cam, (0.22, 0.0, 0.2))}" fovy="52"/>
+    {_arm()}
+    <body name="can" pos="0.4 -0.2 {CAN_HEIGHT / 2}">
+      <freejoint name="can"/>
+      <geom name="can" class="object" type="cylinder" size="{CAN_RADIUS} {CAN_HEIGHT / 2 - 0.004}" material="can" mass="0.2"/>
+      <geom class="object" type="cylinder" size="{CAN_RADIUS - 0.003} 0.004" pos="0 0 {CAN_HEIGHT / 2 - 0.004}" material="metal" mass="0.01"/>
+      <geom class="object" type="cylinder" size="{CAN_RADIUS - 0.003} 0.004" pos="0 0 {-CAN_HEIGHT / 2 + 0.004}" material="metal" mass="0.01"/>
+    </body>
+    {_box()}
+  </worldbody>
+  <actuator>{actuators}</actuator>
+</mujoco>
+"""
+
+
+def drive_to_finger(drive: float) -> float:
+    """Gripper drive_joint (0 open .. 0.85 closed) -> finger slide (0 open .. FINGER_TRAVEL closed)."""
+    return float(np.clip(drive, 0.0, GRIPPER_CLOSED)) * FINGER_TRAVEL / GRIPPER_CLOSED
+
+
+def finger_to_drive(finger: float) -> float:
+    return float(finger) * GRIPPER_CLOSED / FINGER_TRAVEL

@@ -1,0 +1,49 @@
+"""The `sim` driver backend: made by the driver's factory, steps in real time, follows commands."""
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+
+from evo1_ros.robot.backends import make_backend  # noqa: E402
+from evo1_ros.sim import world as world_module  # noqa: E402
+from evo1_ros.sim.backend import SimBackend  # noqa: E402
+from evo1_ros.sim.world import SimWorld, shared_world  # noqa: E402
+
+pytestmark = pytest.mark.sim
+
+
+def test_factory_makes_a_backend_on_the_shared_world(monkeypatch):
+    monkeypatch.setattr(world_module, "_shared", None)  # a fresh process-wide world, dropped after
+    shared = shared_world(image_size=64)
+    backend = make_backend("sim")
+    assert isinstance(backend, SimBackend) and backend.world is shared
+    with pytest.raises(ValueError):
+        shared_world(image_size=128)
+
+
+def test_steps_in_real_time_and_follows_commands():
+    backend = SimBackend(SimWorld(image_size=64))
+    start = backend.connect()
+    wall, sim = time.monotonic(), backend.world.time
+    target = start.positions + 0.2
+    backend.command(target, 0.4)
+    time.sleep(1.0)
+    state = backend.read_state()
+    rate = (backend.world.time - sim) / (time.monotonic() - wall)
+    assert 0.9 < rate < 1.05
+    assert np.abs(state.positions - target).max() < 2e-3 and abs(state.gripper - 0.4) < 0.01
+
+    backend.command(start.positions, 0.0)
+    time.sleep(0.05)
+    backend.stop()  # hold about where the arm is now, not at the last command
+    stopped_at = backend.read_state().positions
+    time.sleep(0.5)
+    held = backend.read_state().positions
+    assert np.abs(held - stopped_at).max() < 0.05 and np.abs(held - start.positions).max() > 0.1
+    backend.close()
+    frozen = backend.world.time
+    time.sleep(0.05)
+    assert backend.world.time == frozen
