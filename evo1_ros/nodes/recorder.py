@@ -1,0 +1,146 @@
+"""Recorder node: one rosbag2 episode per demonstration, through `evo1_ros.data.bag`.
+
+Subscribes to the cameras, joint states, commanded trajectories and instruction topics as
+serialized messages and, while an episode is active, writes them as they arrive (log time =
+this node's clock, so sim time under `use_sim_time`).
+
+Services (std_srvs/Trigger): ~/start, ~/stop_success, ~/stop_fail, ~/discard.
+Parameters: output_dir, cameras (names; topic /cameras/<name>/color/image_raw), joint_states_topic,
+command_topic, instruction_topic, storage (mcap | sqlite3), flush_period (s), robot; read at
+~/start: instruction, operator_note.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from evo1_ros.data import bag
+
+# Best effort accepts both reliable and best-effort publishers (a reliable subscriber would get
+# nothing from a best-effort one); the depth absorbs bursts while the bag is being flushed.
+STATE_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+
+
+class RecorderNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("recorder", **kwargs)
+        p = self.declare_parameter
+        self.output_dir = Path(p("output_dir", "episodes").value).expanduser()
+        self.cameras = list(p("cameras", ["base", "wrist"]).value)
+        self.layout = {
+            "cameras": {name: bag.camera_topic(name) for name in self.cameras},
+            "joint_states": p("joint_states_topic", bag.JOINT_STATES_TOPIC).value,
+            "command": p("command_topic", bag.COMMAND_TOPIC).value,
+            "instruction": p("instruction_topic", bag.INSTRUCTION_TOPIC).value,
+        }
+        self.storage = p("storage", "mcap").value
+        self.flush_period = p("flush_period", 0.5).value
+        self.robot = p("robot", "xarm6").value
+        p("instruction", "")
+        p("operator_note", "")
+        if self.storage not in bag.STORAGES:
+            raise ValueError(f"storage must be one of {list(bag.STORAGES)}, not {self.storage!r}")
+
+        subscriptions = [(topic, Image, bag.IMAGE_TYPE, qos_profile_sensor_data)
+                         for topic in self.layout["cameras"].values()]
+        subscriptions += [
+            (self.layout["joint_states"], JointState, bag.JOINT_STATE_TYPE, STATE_QOS),
+            (self.layout["command"], JointTrajectory, bag.TRAJECTORY_TYPE, STATE_QOS),
+            (self.layout["instruction"], String, bag.STRING_TYPE, STATE_QOS),
+        ]
+        self.topics = {topic: msgtype for topic, _, msgtype, _ in subscriptions}
+        for topic, cls, _, qos in subscriptions:
+            self.create_subscription(cls, topic, lambda raw, t=topic: self._on_message(t, raw),
+                                     qos, raw=True)
+        self.writer: bag.EpisodeWriter | None = None
+        # Data reaches the disk within flush_period even when messages stop arriving.
+        self.create_timer(self.flush_period, self._poll)
+        for name, handler in [("start", self._start), ("stop_success", self._stop_success),
+                              ("stop_fail", self._stop_fail), ("discard", self._discard)]:
+            self.create_service(Trigger, f"~/{name}", handler)
+
+    def _on_message(self, topic: str, raw: bytes) -> None:
+        if self.writer is not None:
+            self.writer.write(topic, self.get_clock().now().nanoseconds, raw)
+
+    def _poll(self) -> None:
+        if self.writer is not None:
+            self.writer.poll()
+
+    def start(self) -> Path:
+        if self.writer is not None:
+            raise RuntimeError(f"episode {self.writer.path.name} is still recording")
+        path = self.output_dir / time.strftime("episode_%Y%m%d_%H%M%S")
+        while path.exists():
+            path = path.with_name(path.name + "_")  # several episodes within one second
+        meta = {
+            "instruction": self.get_parameter("instruction").value,
+            "operator_note": self.get_parameter("operator_note").value,
+            "robot": self.robot,
+            "cameras": self.cameras,
+            "topics": self.layout,
+        }
+        self.writer = bag.EpisodeWriter(path, self.topics, meta, self.storage, self.flush_period)
+        return path
+
+    def stop(self, success: bool | None) -> Path:
+        if self.writer is None:
+            raise RuntimeError("no episode is recording")
+        writer, self.writer = self.writer, None
+        return writer.close(success, self.get_parameter("operator_note").value)
+
+    def discard(self) -> Path:
+        if self.writer is None:
+            raise RuntimeError("no episode is recording")
+        writer, self.writer = self.writer, None
+        writer.discard()
+        return writer.path
+
+    def _respond(self, response, action, verb: str):
+        try:
+            path = action()
+        except (RuntimeError, OSError) as exc:
+            response.success, response.message = False, str(exc)
+        else:
+            response.success, response.message = True, f"{verb} {path}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _start(self, _request, response):
+        return self._respond(response, self.start, "recording")
+
+    def _stop_success(self, _request, response):
+        return self._respond(response, lambda: self.stop(True), "saved (success)")
+
+    def _stop_fail(self, _request, response):
+        return self._respond(response, lambda: self.stop(False), "saved (failure)")
+
+    def _discard(self, _request, response):
+        return self._respond(response, self.discard, "discarded")
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = RecorderNode()
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if node.writer is not None:  # interrupted mid-episode: keep it, outcome unknown
+            node.stop(None)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Recorder node over real rclpy/DDS: record -> convert round trip, services, SIGKILL mid-episode."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from evo1_ros.data import bag  # noqa: E402
+from evo1_ros.data.convert import convert  # noqa: E402
+from evo1_ros.nodes.recorder import RecorderNode  # noqa: E402
+from test_data_convert import CAMERAS, T0, synthetic_messages, write_bag  # noqa: E402
+
+pytestmark = pytest.mark.ros
+TYPES = {bag.IMAGE_TYPE: Image, bag.JOINT_STATE_TYPE: JointState,
+         bag.TRAJECTORY_TYPE: JointTrajectory, bag.STRING_TYPE: String}
+
+
+class Harness:
+    """An rclpy context spinning the given nodes in a thread, plus a publisher/client node."""
+
+    def __init__(self, make_nodes=lambda context: []):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.nodes = make_nodes(self.context)
+        self.node = rclpy.create_node("test_harness", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        for node in [*self.nodes, self.node]:
+            self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def publishers(self, topics: dict[str, str]) -> dict:
+        pubs = {t: self.node.create_publisher(TYPES[m], t, 100) for t, m in topics.items()}
+        deadline = time.monotonic() + 20
+        while any(p.get_subscription_count() == 0 for p in pubs.values()):
+            assert time.monotonic() < deadline, "recorder never subscribed"
+            time.sleep(0.05)
+        return pubs
+
+    def call(self, service: str) -> Trigger.Response:
+        client = self.node.create_client(Trigger, service)
+        assert client.wait_for_service(timeout_sec=20), service
+        future = client.call_async(Trigger.Request())
+        deadline = time.monotonic() + 10
+        while not future.done():
+            assert time.monotonic() < deadline, f"{service} did not answer"
+            time.sleep(0.01)
+        return future.result()
+
+    def close(self):
+        self.executor.shutdown()
+        for node in [*self.nodes, self.node]:
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5)
+
+
+def publish_in_real_time(pubs, messages):
+    """Publish (topic, stamp ns, msg) paced by their stamps (relative to the first)."""
+    start = time.monotonic()
+    for topic, ns, msg in messages:
+        delay = start + (ns - messages[0][1]) / 1e9 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        pubs[topic].publish(msg)
+
+
+def test_record_then_convert_matches_the_published_episode(tmp_path):
+    params = [Parameter("output_dir", value=str(tmp_path / "episodes")),
+              Parameter("cameras", value=list(CAMERAS)),
+              Parameter("instruction", value="stack the cubes"),
+              Parameter("operator_note", value="first try"),
+              Parameter("flush_period", value=0.2)]
+    h = Harness(lambda ctx: [RecorderNode(context=ctx, parameter_overrides=params)])
+    try:
+        recorder = h.nodes[0]
+        pubs = h.publishers(recorder.topics)
+        assert not h.call("/recorder/stop_success").success  # nothing recording yet
+        started = h.call("/recorder/start")
+        assert started.success, started.message
+        assert not h.call("/recorder/start").success  # one episode at a time
+        messages = synthetic_messages(1.0)
+        publish_in_real_time(pubs, messages)
+        pubs[bag.INSTRUCTION_TOPIC].publish(String(data="stack the cubes"))
+        time.sleep(0.5)  # let the last messages arrive
+        stopped = h.call("/recorder/stop_success")
+        assert stopped.success, stopped.message
+    finally:
+        h.close()
+
+    (episode,) = (tmp_path / "episodes").iterdir()
+    assert bag.is_complete(episode)
+    meta = bag.read_meta(episode)
+    assert meta["success"] is True and meta["instruction"] == "stack the cubes"
+    assert meta["operator_note"] == "first try" and meta["cameras"] == ["base", "wrist"]
+
+    recorded = list(bag.read_messages(episode))
+    for topic in [*CAMERAS.values(), bag.JOINT_STATES_TOPIC, bag.COMMAND_TOPIC]:
+        sent = [ns for t, ns, _ in messages if t == topic]
+        got = [bag.decode(m.msgtype, m.raw).header.stamp for m in recorded if m.topic == topic]
+        assert [s.sec * 1_000_000_000 + s.nanosec for s in got] == sent, topic
+    assert [bag.decode(m.msgtype, m.raw).data for m in recorded
+            if m.topic == bag.INSTRUCTION_TOPIC] == ["stack the cubes"]
+    assert meta["message_counts"][bag.JOINT_STATES_TOPIC] == 100
+
+    # Converting the recorded bag gives exactly what converting the published messages gives.
+    via_dds = convert([episode], tmp_path / "via_dds", rate=10, image_size=8)
+    direct = convert([write_bag(tmp_path / "direct", messages)], tmp_path / "direct_ds",
+                     rate=10, image_size=8)
+    assert via_dds["episodes"][0]["length"] == direct["episodes"][0]["length"] == 10
+    a = np.load(tmp_path / "via_dds" / "episode_000000.npz")
+    b = np.load(tmp_path / "direct_ds" / "episode_000000.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_discard_removes_the_episode(tmp_path):
+    params = [Parameter("output_dir", value=str(tmp_path)), Parameter("storage", value="sqlite3")]
+    h = Harness(lambda ctx: [RecorderNode(context=ctx, parameter_overrides=params)])
+    try:
+        assert h.call("/recorder/start").success
+        assert len(list(tmp_path.iterdir())) == 1
+        assert h.call("/recorder/discard").success
+        assert list(tmp_path.iterdir()) == []
+        assert h.call("/recorder/start").success
+        assert h.call("/recorder/stop_fail").success
+    finally:
+        h.close()
+    (episode,) = tmp_path.iterdir()
+    assert bag.read_meta(episode)["success"] is False and bag.is_complete(episode)
+
+
+def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "evo1_ros.nodes.recorder", "--ros-args",
+         "-p", f"output_dir:={tmp_path}", "-p", "cameras:=[base]", "-p", "flush_period:=0.5"],
+        env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    h = Harness()
+    sent = {bag.JOINT_STATES_TOPIC: [], CAMERAS["base"]: []}
+    try:
+        pubs = h.publishers({bag.JOINT_STATES_TOPIC: bag.JOINT_STATE_TYPE,
+                             CAMERAS["base"]: bag.IMAGE_TYPE})
+        assert h.call("/recorder/start").success
+        frame = np.zeros((48, 64, 3), np.uint8).tobytes()
+        end = time.monotonic() + 2.5
+        i = 0
+        while time.monotonic() < end:
+            now = time.time_ns()
+            js = JointState(name=["joint1"], position=[float(i)])
+            js.header.stamp.sec, js.header.stamp.nanosec = divmod(now, 1_000_000_000)
+            pubs[bag.JOINT_STATES_TOPIC].publish(js)
+            sent[bag.JOINT_STATES_TOPIC].append(now)
+            if i % 3 == 0:
+                img = Image(height=48, width=64, encoding="rgb8", step=192, data=frame)
+                img.header.stamp = js.header.stamp
+                pubs[CAMERAS["base"]].publish(img)
+                sent[CAMERAS["base"]].append(now)
+            i += 1
+            time.sleep(0.01)
+        recorder.send_signal(signal.SIGKILL)
+        killed = time.time_ns()
+        assert recorder.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+        h.close()
+
+    (episode,) = tmp_path.iterdir()
+    assert not bag.is_complete(episode)
+    for topic, stamps in sent.items():
+        got = []
+        for m in bag.read_messages(episode, {topic}):
+            s = bag.decode(m.msgtype, m.raw).header.stamp
+            got.append(s.sec * 1_000_000_000 + s.nanosec)
+        older = [s for s in stamps if s <= killed - 1_000_000_000]
+        assert len(older) > 50 if topic == bag.JOINT_STATES_TOPIC else len(older) > 15
+        assert got[: len(older)] == older, f"{topic}: lost messages older than 1 s"
+        assert set(got) <= set(stamps)
+    salvaged = [m.raw for m in bag.read_messages(episode)]
+    assert bag.recover(episode) == len(salvaged)
+    assert bag.is_complete(episode) and bag.read_meta(episode)["recovered"] is True
+    assert sorted(m.raw for m in bag.read_messages(episode)) == sorted(salvaged)
