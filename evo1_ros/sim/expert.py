@@ -143,9 +143,11 @@ def plan_pick_place(q0: np.ndarray, gripper0: float, can_xyz, box_xyz) -> Plan:
 
 
 def plan_for(world: SimWorld) -> Plan:
-    """The expert's plan from the world's current state (privileged: reads the object poses)."""
-    state = world.state()
-    return plan_pick_place(state[:6], state[6], world.object_pose("can")[0], world.object_pose("box")[0])
+    """The expert's plan from the world's current state (privileged: reads the object poses).
+    Only the snapshot holds the world's lock: planning takes ~0.1 s and physics must not wait."""
+    with world.lock:
+        state, can, box = world.state(), world.object_pose("can")[0], world.object_pose("box")[0]
+    return plan_pick_place(state[:6], state[6], can, box)
 
 
 def run_expert(world: SimWorld, seed: int | None = None, control_dt: float = PLAN_DT, settle: float = 1.0,
@@ -168,8 +170,8 @@ class ExpertPolicy:
     """`ChunkPolicy` over the scripted expert, for running it through the ROS graph.
 
     It ignores images and instruction. It (re)plans whenever `world.episode` changes and indexes
-    the plan by sim time, so chunk row i is the action for `world.time + (i + 1) * action_dt`;
-    `action_dt` must be the period at which the runtime plays chunk rows (its control rate).
+    the plan by sim time: chunk row i is the action for `world.time + i * action_dt` (the runtime's
+    convention, runtime/chunking.py); `action_dt` must be the runtime's control period.
     """
 
     action_dim = 7
@@ -182,6 +184,6 @@ class ExpertPolicy:
     def predict_chunk(self, images: Sequence[np.ndarray | None], state: np.ndarray, instruction: str) -> np.ndarray:
         with self.world.lock:
             episode, now = self.world.episode, self.world.time
-            if episode != self._episode:
-                self._episode, self._plan, self._t0 = episode, plan_for(self.world), now
-        return self._plan.at(now - self._t0 + self.action_dt * np.arange(1, self.chunk_length + 1))
+        if episode != self._episode:
+            self._episode, self._plan, self._t0 = episode, plan_for(self.world), now
+        return self._plan.at(now - self._t0 + self.action_dt * np.arange(self.chunk_length))

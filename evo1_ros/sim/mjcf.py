@@ -33,8 +33,9 @@ _LINK_CAPSULES = {
     "link4": [],
     "link5": [((0, 0, 0), JOINT_ORIGINS[5][0], 0.037)],
 }
-# Stiff, critically damped position servos: the real controller tracks servo targets closely and
-# compensates gravity (gravcomp below), so steady-state error comes only from contact loads.
+# Stiff position servos, a little over-damped (dampratio 1.3) so that even torque-limited steps do
+# not overshoot. Like the real controller they compensate gravity (gravcomp on every arm body), so
+# steady-state error comes only from contact loads.
 _ARM_KP = (1500, 1500, 1000, 300, 300, 150)  # N m / rad
 _ARM_FORCE = (50, 50, 32, 32, 32, 20)  # N m, xArm6 joint torque ballpark
 _FINGER_KP, _FINGER_FORCE = 2000.0, 40.0  # N / m, N: ~40 N grip, like the xArm gripper
@@ -67,7 +68,7 @@ def _arm() -> str:
         link = f"link{i + 1}"
         body = (
             f'<body name="{link}" pos="{_v(xyz)}" euler="{_v(rpy)}" gravcomp="1">'
-            f'<joint name="{joint}" range="{JOINT_LOWER[i]:.6g} {JOINT_UPPER[i]:.6g}"/>'
+            f'<joint name="{joint}" range="{_v((JOINT_LOWER[i], JOINT_UPPER[i]))}"/>'
             # a motor housing around every joint axis, for looks
             f'<geom class="housing" type="cylinder" size="0.048 0.055"/>'
         )
@@ -117,7 +118,7 @@ def _box() -> str:
 def build_mjcf(image_size: int = 448) -> str:
     """The whole scene as an MJCF string. `image_size` sizes the offscreen buffer (square views)."""
     actuators = "".join(
-        f'<position name="{j}" joint="{j}" kp="{kp}" dampratio="1.3" ctrlrange="{lo:.6g} {hi:.6g}" '
+        f'<position name="{j}" joint="{j}" kp="{kp}" dampratio="1.3" ctrlrange="{_v((lo, hi))}" '
         f'forcerange="{-f} {f}"/>'
         for j, kp, f, lo, hi in zip(JOINT_NAMES, _ARM_KP, _ARM_FORCE, JOINT_LOWER, JOINT_UPPER)
     )

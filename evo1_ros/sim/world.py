@@ -42,8 +42,7 @@ class SimWorld:
         self._arm_q = np.array([joint(j).qposadr[0] for j in JOINT_NAMES])
         self._arm_v = np.array([joint(j).dofadr[0] for j in JOINT_NAMES])
         self._finger_q = np.array([joint(f).qposadr[0] for f in FINGERS])
-        self._can_q = joint("can").qposadr[0]
-        self._box_q = joint("box").qposadr[0]
+        self._object_q = {name: joint(name).qposadr[0] for name in ("can", "box")}
         self._arm_u = np.array([self.model.actuator(j).id for j in JOINT_NAMES])
         self._finger_u = np.array([self.model.actuator(f).id for f in FINGERS])
         self._renderer: mujoco.Renderer | None = None
@@ -72,7 +71,7 @@ class SimWorld:
 
     def set_object_pose(self, name: str, pos, yaw: float = 0.0) -> None:
         """Place "can" or "box" at rest at `pos` (its body origin) with `yaw` about world z."""
-        adr = self._can_q if name == "can" else self._box_q
+        adr = self._object_q[name]
         with self.lock:
             self.data.qpos[adr : adr + 3] = pos
             self.data.qpos[adr + 3 : adr + 7] = _yaw_quat(yaw)
@@ -82,7 +81,7 @@ class SimWorld:
 
     def object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Privileged state: (position (3,), quaternion wxyz (4,)) of "can" or "box" in link_base."""
-        adr = self._can_q if name == "can" else self._box_q
+        adr = self._object_q[name]
         with self.lock:
             return self.data.qpos[adr : adr + 3].copy(), self.data.qpos[adr + 3 : adr + 7].copy()
 
