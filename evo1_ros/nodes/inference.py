@@ -1,0 +1,351 @@
+"""Inference node: camera images + joint states in, xArm6 joint trajectories out.
+
+The control timer owns the plan (`ChunkScheduler`) and publishes the upcoming targets every tick;
+the policy runs on a worker thread, so a slow chunk never delays a tick. Subscriptions only
+validate and store the latest message; decoding happens on the worker.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import Marker
+
+from evo1_ros.nodes.messages import MessageError, check_color_image, image_to_rgb, joint_positions, to_duration, to_time
+from evo1_ros.robot.xarm6 import GRIPPER_JOINT, JOINT_NAMES, NUM_JOINTS, tcp_positions
+from evo1_ros.runtime.chunking import MODES, ChunkScheduler
+from evo1_ros.runtime.policy import ChunkPolicy
+
+PARAMETERS = {
+    "checkpoint": ("", "Evo-1 checkpoint directory"),
+    "instruction": ("", "language instruction; change at run time on ~/instruction"),
+    "camera_topics": (["/camera/base/color/image_raw", "/camera/wrist/color/image_raw"],
+                      "image topics, in the policy's view-slot order"),
+    "joint_state_topic": ("/joint_states", "sensor_msgs/JointState with joint1..joint6 + drive_joint"),
+    "control_rate_hz": (30.0, "publish rate of trajectory windows; one chunk action per tick"),
+    "chunk_mode": ("crossfade", f"how overlapping chunks combine: {', '.join(MODES)}"),
+    "request_threshold": (0.5, "ask for the next chunk once this fraction of a chunk is left"),
+    "ensemble_decay": (0.01, "m in the temporal-ensemble weights exp(-m i)"),
+    "device": ("cpu", "torch device for the policy"),
+    "dtype": ("float32", "policy compute dtype (float32, bfloat16, float16)"),
+    "max_observation_age_ms": (200.0, "older images or joint states start no new chunk"),
+    "trajectory_topic": ("/evo1/joint_trajectory", "trajectory_msgs/JointTrajectory to the driver"),
+    "use_follow_joint_trajectory": (False, "send FollowJointTrajectory goals instead of the topic"),
+    "follow_joint_trajectory_action": ("/xarm6_traj_controller/follow_joint_trajectory",
+                                       "xarm_ros2 ros2_control action (joint1..joint6 only)"),
+}
+LOG_EVERY_S = 2.0
+
+
+class InferenceNode(Node):
+    def __init__(self, policy: ChunkPolicy | None = None, **node_kwargs):
+        super().__init__("evo1_inference", **node_kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self.policy = policy if policy is not None else self._load_policy(p["checkpoint"], p["device"], p["dtype"])
+        self.camera_topics = list(p["camera_topics"])
+        if len(self.camera_topics) > self.policy.num_views:
+            raise ValueError(f"{len(self.camera_topics)} camera_topics for a policy with {self.policy.num_views} views")
+        if not 1 <= self.policy.action_dim <= NUM_JOINTS + 1:
+            raise ValueError(f"policy action_dim {self.policy.action_dim}: the xArm6 has 6 joints + gripper")
+        self.joint_names = (JOINT_NAMES + (GRIPPER_JOINT,))[: self.policy.action_dim]
+        self.instruction = p["instruction"]
+        self.max_age = p["max_observation_age_ms"] / 1000.0
+        self.dt = 1.0 / p["control_rate_hz"]
+        self.scheduler = ChunkScheduler(self.dt, self.policy.chunk_length, p["chunk_mode"], p["request_threshold"],
+                                        p["ensemble_decay"])
+
+        # Latest (message, receive time) per view slot and (positions, receive time) of the arm.
+        self._images: list[tuple[Image, float] | None] = [None] * len(self.camera_topics)
+        self._state: tuple[np.ndarray, float] | None = None
+        self._paused = False
+        self._generation = 0  # bumped by pause/resume: results of older requests are dropped
+        self._pending = False  # a request is out and its result not yet taken by the timer
+        # At most one request is out at a time (`_pending`), so neither queue holds more than one item.
+        self._requests: queue.Queue = queue.Queue()
+        self._results: queue.Queue = queue.Queue()
+        self._latencies: deque[float] = deque(maxlen=20)
+        self._ticks: deque[float] = deque(maxlen=int(2 * p["control_rate_hz"]) + 1)
+        self._chunk_obs_time: float | None = None
+        self._problem = ""
+        self._last_log: dict[str, float] = {}
+
+        # Inputs: only the newest sample matters, so sensor-data QoS (best effort, shallow); it also
+        # accepts reliable publishers such as xarm_ros2's joint_states.
+        inputs = MutuallyExclusiveCallbackGroup()
+        for slot, topic in enumerate(self.camera_topics):
+            self.create_subscription(Image, topic, lambda msg, s=slot: self._on_image(s, msg),
+                                     qos_profile_sensor_data, callback_group=inputs)
+        self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, qos_profile_sensor_data,
+                                 callback_group=inputs)
+        self.create_subscription(String, "~/instruction", self._on_instruction, 10, callback_group=inputs)
+        self.create_service(Trigger, "~/pause", self._on_pause, callback_group=inputs)
+        self.create_service(Trigger, "~/resume", self._on_resume, callback_group=inputs)
+
+        # Outputs: trajectories reliable with depth 1 (each window supersedes the last, but a lost one
+        # is a gap the driver must coast over); monitoring topics with rviz's default (reliable, 10).
+        self._follow = None
+        if p["use_follow_joint_trajectory"]:
+            self._follow = self._follow_joint_trajectory_client(p["follow_joint_trajectory_action"])
+        else:
+            reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+            self._trajectory_pub = self.create_publisher(JointTrajectory, p["trajectory_topic"], reliable)
+        self._ghost_pub = self.create_publisher(JointState, "~/predicted_joint_states", 10)
+        self._path_pub = self.create_publisher(Marker, "~/predicted_path", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self._worker = threading.Thread(target=self._work, name="evo1_inference", daemon=True)
+        self._worker.start()
+        # The control timer gets a callback group of its own, so with a multi-threaded executor it
+        # never waits behind an image callback.
+        self.create_timer(self.dt, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=inputs)
+        self.get_logger().info(
+            f"{self.policy.chunk_length}-step chunks, mode {p['chunk_mode']}, {p['control_rate_hz']} Hz, "
+            f"views {self.camera_topics}, instruction {self.instruction!r}")
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_policy(checkpoint: str, device: str, dtype: str) -> ChunkPolicy:
+        if not checkpoint:
+            raise ValueError("parameter 'checkpoint' is empty: set it to an Evo-1 checkpoint directory")
+        from evo1_ros.runtime.policy import Evo1ChunkPolicy  # torch and the model load only here
+
+        return Evo1ChunkPolicy.from_checkpoint(checkpoint, device=device, dtype=dtype)
+
+    def _follow_joint_trajectory_client(self, action_name: str):
+        try:  # control_msgs is not on PyPI; only this mode needs it
+            from control_msgs.action import FollowJointTrajectory
+            from rclpy.action import ActionClient
+        except ImportError as e:
+            raise RuntimeError(
+                "use_follow_joint_trajectory needs control_msgs (apt install ros-$ROS_DISTRO-control-msgs); "
+                "it is not available from PyPI. Use the trajectory topic with the evo1 driver instead.") from e
+        self._follow_goal = FollowJointTrajectory.Goal
+        return ActionClient(self, FollowJointTrajectory, action_name)
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _complain(self, text: str, level: str = "warn") -> None:
+        """Log each distinct text at most every LOG_EVERY_S; the newest also goes to /diagnostics."""
+        self._problem = text
+        now = time.monotonic()
+        if now - self._last_log.get(text, -math.inf) >= LOG_EVERY_S:
+            self._last_log[text] = now
+            getattr(self.get_logger(), level)(text)
+
+    def _on_image(self, slot: int, msg: Image) -> None:
+        try:
+            check_color_image(msg)
+        except MessageError as e:
+            self._complain(f"ignoring image on {self.camera_topics[slot]}: {e}")
+            return
+        self._images[slot] = (msg, self._now())
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            self._state = (joint_positions(msg, self.joint_names), self._now())
+        except MessageError as e:
+            self._complain(f"ignoring joint state: {e}")
+
+    def _on_instruction(self, msg: String) -> None:
+        self.instruction = msg.data
+        self.get_logger().info(f"instruction: {msg.data!r}")
+
+    def _on_pause(self, request, response):
+        self._paused, self._generation = True, self._generation + 1
+        response.success, response.message = True, "paused: no new targets until ~/resume"
+        return response
+
+    def _on_resume(self, request, response):
+        self._paused, self._generation = False, self._generation + 1
+        response.success, response.message = True, "resumed: next targets follow the next chunk"
+        return response
+
+    def _observation_problem(self, now: float) -> str | None:
+        """Why the latest observation cannot start a chunk now, or None if it can."""
+        inputs = [(topic, None if entry is None else entry[1]) for topic, entry in zip(self.camera_topics, self._images)]
+        inputs.append(("joint states", None if self._state is None else self._state[1]))
+        missing = [name for name, stamp in inputs if stamp is None]
+        if missing:
+            return f"waiting for {missing}"
+        stale = [name for name, stamp in inputs if now - stamp > self.max_age]
+        if stale:
+            return f"stale observation: nothing new on {stale} for {1000 * self.max_age:.0f} ms"
+        return None
+
+    # --- control loop --------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = self._now()
+        self._ticks.append(now)
+        self._take_result(now)
+        if self._paused:
+            self.scheduler.reset()
+            return
+        problem = None
+        if not self._pending and self.scheduler.should_request(now):
+            problem = self._request(now)
+        times, actions = self.scheduler.window(now)
+        if len(times) == 0:
+            self._complain(f"no targets to publish: {problem or 'waiting for a chunk'}")
+            return
+        if problem is not None:
+            self._complain(f"no new chunk: {problem}")
+        if self._follow is None:
+            self._trajectory_pub.publish(self._trajectory(now, times, actions))
+
+    def _request(self, now: float) -> str | None:
+        """Hand the latest observation to the worker; or say why it cannot start a chunk."""
+        problem = self._observation_problem(now)
+        if problem is not None:
+            return problem
+        images = [entry[0] for entry in self._images] + [None] * (self.policy.num_views - len(self._images))
+        # The chunk's first action belongs to this moment: the newest inputs are at most max_age old.
+        self._requests.put_nowait((images, self._state[0].copy(), self.instruction, now, self._generation))
+        self._pending = True
+        return None
+
+    def _take_result(self, now: float) -> None:
+        try:
+            chunk, obs_time, generation = self._results.get_nowait()
+        except queue.Empty:
+            return
+        self._pending = False
+        if chunk is None or generation != self._generation:
+            return
+        kept = self.scheduler.add_chunk(chunk, obs_time, now)
+        if kept == 0:
+            self._complain(f"chunk dropped: all its {len(chunk)} steps had passed when it arrived "
+                           "(see inference_latency_ms in /diagnostics)")
+            return
+        self._chunk_obs_time = obs_time
+        if self._follow is not None:
+            self._send_goal(now)
+
+    def _trajectory(self, now: float, times: np.ndarray, actions: np.ndarray, names: Sequence[str] | None = None):
+        names = list(names or self.joint_names)
+        msg = JointTrajectory(joint_names=names)
+        msg.header.stamp = to_time(now)
+        msg.points = [JointTrajectoryPoint(positions=a[: len(names)].tolist(), time_from_start=to_duration(t - now))
+                      for t, a in zip(times, actions)]
+        return msg
+
+    def _send_goal(self, now: float) -> None:
+        if not self._follow.server_is_ready():
+            self._complain("FollowJointTrajectory server not ready; chunk not sent")
+            return
+        times, actions = self.scheduler.window(now)
+        goal = self._follow_goal(trajectory=self._trajectory(now, times, actions, JOINT_NAMES))
+        self._follow.send_goal_async(goal)  # a new goal replaces the running one in the controller
+
+    # --- inference worker ----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (request := self._requests.get()) is not None:
+            image_msgs, state, instruction, obs_time, generation = request
+            start = time.perf_counter()
+            try:
+                images = [None if msg is None else image_to_rgb(msg) for msg in image_msgs]
+                chunk = np.asarray(self.policy.predict_chunk(images, state, instruction), dtype=float)
+                expected = (self.policy.chunk_length, self.policy.action_dim)
+                if chunk.shape != expected or not np.isfinite(chunk).all():
+                    raise ValueError(f"policy returned shape {chunk.shape} (expected {expected}) "
+                                     f"or non-finite values; chunk dropped")
+            except Exception as e:  # a failing policy must not take the node down
+                self._complain(f"inference failed: {type(e).__name__}: {e}", "error")
+                self._results.put((None, obs_time, generation))
+                continue
+            self._latencies.append(time.perf_counter() - start)
+            self._results.put((chunk, obs_time, generation))
+            self._publish_preview(chunk)
+
+    def _publish_preview(self, chunk: np.ndarray) -> None:
+        """Ghost arm at the chunk's final pose, and its TCP path, for rviz."""
+        stamp = to_time(self._now())
+        ghost = JointState(name=list(self.joint_names), position=chunk[-1].tolist())
+        ghost.header.stamp = stamp
+        self._ghost_pub.publish(ghost)
+        if self.policy.action_dim < NUM_JOINTS:
+            return
+        path = Marker(ns="evo1_predicted_path", id=0, type=Marker.LINE_STRIP, action=Marker.ADD)
+        path.header.frame_id, path.header.stamp = "link_base", stamp
+        path.pose.orientation.w = 1.0
+        path.scale.x = 0.005
+        path.color.g, path.color.a = 1.0, 1.0
+        path.points = [Point(x=x, y=y, z=z) for x, y, z in tcp_positions(chunk[:, :NUM_JOINTS]).tolist()]
+        self._path_pub.publish(path)
+
+    # --- monitoring ----------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        now = self._now()
+        ticks = list(self._ticks)
+        rate = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 2 and ticks[-1] > ticks[0] else 0.0
+        values = {
+            "inference_latency_ms": f"{1000 * self._latencies[-1]:.1f}" if self._latencies else "n/a",
+            "inference_latency_mean_ms": f"{1000 * np.mean(self._latencies):.1f}" if self._latencies else "n/a",
+            "chunk_age_ms": f"{1000 * (now - self._chunk_obs_time):.0f}" if self._chunk_obs_time else "n/a",
+            "control_rate_hz": f"{rate:.1f}",
+            "planned_steps": str(self.scheduler.remaining(now)),
+            "paused": str(self._paused),
+            "instruction": self.instruction,
+            "last_problem": self._problem,
+        }
+        healthy = not self._paused and self.scheduler.remaining(now) > 0
+        status = DiagnosticStatus(name="evo1_inference: policy", hardware_id="xarm6",
+                                  level=DiagnosticStatus.OK if healthy else DiagnosticStatus.WARN,
+                                  message="running" if healthy else ("paused" if self._paused else self._problem),
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = to_time(now)
+        self._diag_pub.publish(msg)
+
+    def destroy_node(self):
+        self._requests.put(None)
+        self._worker.join(timeout=5.0)
+        return super().destroy_node()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = InferenceNode()
+        # Two threads: the control timer runs while image/joint-state callbacks are handled.
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
