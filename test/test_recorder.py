@@ -194,3 +194,29 @@ def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
     assert bag.recover(episode) == len(salvaged)
     assert bag.is_complete(episode) and bag.read_meta(episode)["recovered"] is True
     assert sorted(m.raw for m in bag.read_messages(episode)) == sorted(salvaged)
+
+
+def test_sigint_mid_episode_closes_the_bag(tmp_path):
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "evo1_ros.nodes.recorder", "--ros-args", "-p",
+         f"output_dir:={tmp_path}", "-p", "instruction:=wave"],
+        env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    h = Harness()
+    try:
+        pub = h.publishers({bag.JOINT_STATES_TOPIC: bag.JOINT_STATE_TYPE})[bag.JOINT_STATES_TOPIC]
+        assert h.call("/recorder/start").success
+        for i in range(20):
+            pub.publish(JointState(name=["joint1"], position=[float(i)]))
+            time.sleep(0.01)
+        time.sleep(0.3)
+        recorder.send_signal(signal.SIGINT)
+        assert recorder.wait(timeout=10) == 0
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+        h.close()
+    (episode,) = tmp_path.iterdir()
+    assert bag.is_complete(episode)
+    meta = bag.read_meta(episode)
+    assert meta["success"] is None and meta["instruction"] == "wave"
+    assert meta["message_counts"][bag.JOINT_STATES_TOPIC] == 20

@@ -12,8 +12,9 @@ Messages arrive already CDR-serialized (rclpy `raw=True` subscriptions) and are 
 Crash tolerance. rosbags' MCAP writer keeps the open chunk in memory (up to 1 MiB) and writes the
 summary and metadata.yaml only on close, so a killed recorder would lose the open chunk and leave a
 file the rosbags reader refuses ("File end magic is invalid"). `EpisodeWriter` therefore closes
-the chunk and flushes the file every `flush_period` seconds (sqlite3: commits), which also bounds
-memory. `read_messages` reads such an unfinished bag by scanning the storage file up to the last
+the chunk and flushes the file (sqlite3: commits) once `flush_period` has passed, checked on every
+write and by the owner's timer (`poll`): a killed process loses at most 2 x flush_period (default
+0.5 s). Power loss can cost more: nothing is fsync'ed. `read_messages` reads such an unfinished bag by scanning the storage file up to the last
 complete record; `recover` rewrites it into a complete bag.
 
 Decoding. rmw_fastrtps pads the buffers it serializes with up to tens of bytes of alignment slack
@@ -106,8 +107,8 @@ class EpisodeWriter:
         self.poll()
 
     def poll(self) -> None:
-        """Flush if the oldest unflushed message may be `flush_period` old; call it on a timer
-        too, so data reaches the disk when messages stop arriving."""
+        """Flush if `flush_period` has passed since the last flush. Call it on a timer with that
+        period too, so data reaches the disk when messages stop arriving."""
         if self._pending and time.monotonic() - self._last_flush >= self.flush_period:
             self.flush()
 
