@@ -14,6 +14,8 @@ rclpy_serialization = pytest.importorskip("rclpy.serialization")
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
+pytestmark = pytest.mark.ros  # messages are serialized with rclpy, as the recorder gets them
+
 TOPICS = {"/joint_states": bag.JOINT_STATE_TYPE, "/img": bag.IMAGE_TYPE}
 
 

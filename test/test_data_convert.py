@@ -13,6 +13,8 @@ rclpy_serialization = pytest.importorskip("rclpy.serialization")
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
+pytestmark = pytest.mark.ros  # messages are serialized with rclpy, as the recorder gets them
+
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000  # header stamps in wall-clock range
 CAMERAS = {"base": bag.camera_topic("base"), "wrist": bag.camera_topic("wrist")}

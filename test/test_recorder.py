@@ -1,4 +1,4 @@
-"""Recorder node over real rclpy/DDS: record -> convert round trip, services, SIGKILL mid-episode."""
+"""Recorder node over real rclpy/DDS: record -> convert round trip, services, SIGKILL, SIGINT."""
 
 import os
 import signal
@@ -21,7 +21,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from evo1_ros.data import bag  # noqa: E402
 from evo1_ros.data.convert import convert  # noqa: E402
 from evo1_ros.nodes.recorder import RecorderNode  # noqa: E402
-from test_data_convert import CAMERAS, T0, synthetic_messages, write_bag  # noqa: E402
+from test_data_convert import CAMERAS, synthetic_messages, write_bag  # noqa: E402
 
 pytestmark = pytest.mark.ros
 TYPES = {bag.IMAGE_TYPE: Image, bag.JOINT_STATE_TYPE: JointState,

@@ -14,8 +14,9 @@ summary and metadata.yaml only on close, so a killed recorder would lose the ope
 file the rosbags reader refuses ("File end magic is invalid"). `EpisodeWriter` therefore closes
 the chunk and flushes the file (sqlite3: commits) once `flush_period` has passed, checked on every
 write and by the owner's timer (`poll`): a killed process loses at most 2 x flush_period (default
-0.5 s). Power loss can cost more: nothing is fsync'ed. `read_messages` reads such an unfinished bag by scanning the storage file up to the last
-complete record; `recover` rewrites it into a complete bag.
+0.5 s). Power loss can cost more: nothing is fsync'ed. `read_messages` reads such an unfinished
+bag by scanning the storage file up to its last complete record; `recover` rewrites it into a
+complete bag.
 
 Decoding. rmw_fastrtps pads the buffers it serializes with up to tens of bytes of alignment slack
 after the last field, which rosbags' `deserialize_cdr` rejects ("CDR message size mismatch") for

@@ -88,7 +88,8 @@ def topic_layout(bag_path: Path, meta: dict, cameras: list[str] | None) -> dict:
         raise ConversionError(f"{bag_path}: no cameras recorded in episode.json; pass --cameras")
     unknown = [c for c in chosen if c not in available]
     if unknown:
-        raise ConversionError(f"{bag_path}: cameras {unknown} not recorded (have {list(available)})")
+        raise ConversionError(f"{bag_path}: cameras {unknown} not recorded "
+                              f"(have {list(available)})")
     return {
         "cameras": {name: available[name] for name in chosen},
         "joint_states": recorded.get("joint_states", bag.JOINT_STATES_TOPIC),
