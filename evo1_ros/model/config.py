@@ -175,8 +175,11 @@ def preset(name: str, vocab_size: int | None = None, image_token_id: int | None 
     if name == "evo1-tiny":
         if vocab_size is None or image_token_id is None:
             raise ValueError("evo1-tiny needs vocab_size and image_token_id from its tokenizer")
+        # The head reads the whole chunk out through one head_width vector, so head_width must
+        # exceed chunk_length x valid action dims (16 x 7 for xArm6) or noise cannot be undone.
         return Evo1Config(
             vlm=tiny_vlm(vocab_size, image_token_id),
+            chunk_length=16,
             head_width=128,
             head_heads=4,
             head_blocks=4,
