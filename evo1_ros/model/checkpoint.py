@@ -213,24 +213,24 @@ def _finish_import(cfg: Evo1Config, converted: dict, unknown: list[str], source:
     return model.eval()
 
 
-def _head_config(cfg: Evo1Config, head: dict, source: str) -> Evo1Config:
-    """Read the head's sizes off its weights (robust to config.json field-name drift)."""
+def _head_shapes(head: dict, source: str) -> dict:
+    """Evo1Config fields read off the foreign head's weights (robust to config.json drift)."""
+    if any(k.startswith("mlp_head.fc1.") and ".linear." not in k for k in head):
+        raise CheckpointError(f"{source}: multi-embodiment heads (num_categories > 1) are not supported")
     try:
         width = head["norm_out.weight"].shape[0]
         horizon = head["seq_pool_proj.weight"].shape[1] // width
-        action_dim = head["mlp_head.fc2.linear.weight"].shape[0] // horizon
-        blocks = len({k.split(".")[1] for k in head if k.startswith("transformer_blocks.")})
-        cfg.chunk_length, cfg.max_action_dim, cfg.head_blocks = horizon, action_dim, blocks
-        cfg.max_state_dim = head["state_encoder.fc1.linear.weight"].shape[1]
-        cfg.state_hidden = head["state_encoder.fc1.linear.weight"].shape[0]
-        cfg.head_hidden = head["mlp_head.fc1.linear.weight"].shape[0]
-        cfg.head_width = width
+        return {
+            "head_width": width,
+            "chunk_length": horizon,
+            "max_action_dim": head["mlp_head.fc2.linear.weight"].shape[0] // horizon,
+            "max_state_dim": head["state_encoder.fc1.linear.weight"].shape[1],
+            "state_hidden": head["state_encoder.fc1.linear.weight"].shape[0],
+            "head_hidden": head["mlp_head.fc1.linear.weight"].shape[0],
+            "head_blocks": len({k.split(".")[1] for k in head if k.startswith("transformer_blocks.")}),
+        }
     except KeyError as e:
-        if any(".weight" in k and "linear" not in k for k in head if k.startswith("mlp_head")):
-            raise CheckpointError(f"{source}: multi-embodiment heads (num_categories > 1) are not supported") from e
         raise CheckpointError(f"{source}: action head lacks {e.args[0]}") from e
-    cfg.__post_init__()
-    return cfg
 
 
 def import_reference(
@@ -254,9 +254,13 @@ def import_reference(
     stray = [k for k in state if not (k.startswith(vlm_prefix) or k.startswith(head_prefix))]
 
     layers = 1 + max(int(m.group(1)) for k in vlm_sd if (m := re.match(r"language_model\.model\.layers\.(\d+)\.", k)))
-    cfg = Evo1Config(vlm=vlm or internvl3_1b_vlm(layers), context_padding="reference", state_pad_value=-1.0)
-    cfg.num_steps = int(ref_config.get("num_inference_timesteps", cfg.num_steps))
-    cfg = _head_config(cfg, head_sd, str(weights))
+    cfg = Evo1Config(
+        vlm=vlm or internvl3_1b_vlm(layers),
+        context_padding="reference",
+        state_pad_value=-1.0,
+        num_steps=int(ref_config.get("num_inference_timesteps", 32)),
+        **_head_shapes(head_sd, str(weights)),
+    )
 
     converted, unknown = convert_remote_vlm(vlm_sd)
     head, head_unknown = convert_head(head_sd, cfg, str(weights))
@@ -288,11 +292,17 @@ def import_lerobot(
     stray = [k for k in state if not k.startswith(("model.embedder.model.", "model.action_head."))]
 
     layers = int(lr_config.get("vlm_num_layers") or 14)
-    cfg = Evo1Config(vlm=vlm or internvl3_1b_vlm(layers), max_views=int(lr_config.get("max_views", 3)))
-    cfg.vlm["text_config"]["num_hidden_layers"] = layers
-    cfg.num_steps = int(lr_config.get("num_inference_timesteps", cfg.num_steps))
-    cfg.max_text_length = int(lr_config.get("max_text_length", cfg.max_text_length))
-    cfg = _head_config(cfg, head_sd, str(path / WEIGHTS))
+    vlm = vlm or internvl3_1b_vlm(layers)
+    if vlm["text_config"]["num_hidden_layers"] != layers:
+        raise CheckpointError(f"{path}: vlm_num_layers={layers} but the given VLM config has "
+                              f"{vlm['text_config']['num_hidden_layers']} LM layers")
+    cfg = Evo1Config(
+        vlm=vlm,
+        max_views=int(lr_config.get("max_views", 3)),
+        num_steps=int(lr_config.get("num_inference_timesteps", 32)),
+        max_text_length=int(lr_config.get("max_text_length", 1024)),
+        **_head_shapes(head_sd, str(path / WEIGHTS)),
+    )
 
     converted = {"vlm." + k: v for k, v in vlm_sd.items() if not _UNUSED_LM_HEAD.search(k)}
     head, unknown = convert_head(head_sd, cfg, str(path / WEIGHTS))
