@@ -70,15 +70,23 @@ class SimNode(Node):
     def _stream(self) -> None:
         period, deadline = 1.0 / self.fps, time.monotonic()
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
-            # one stamp per frame set, taken when the scene is captured (render takes tens of ms)
-            stamp = to_time(self.get_clock().now().nanoseconds * 1e-9)
-            for name, info, image_pub, info_pub in self._cameras:
-                image = array_to_image(self.world.render(name), "rgb8", stamp, info.header.frame_id)
-                info.header.stamp = stamp
-                image_pub.publish(image)
-                info_pub.publish(info)
-            self._success_pub.publish(Bool(data=self.world.success()))
+            try:
+                self._publish_frames()
+            except Exception:
+                if self.context.ok():
+                    raise
+                return  # rclpy was shut down under us (Ctrl-C): nobody left to publish to
             deadline = max(deadline + period, time.monotonic())  # late: skip, do not burst
+
+    def _publish_frames(self) -> None:
+        # one stamp per frame set, taken when the scene is captured (render takes tens of ms)
+        stamp = to_time(self.get_clock().now().nanoseconds * 1e-9)
+        for name, info, image_pub, info_pub in self._cameras:
+            image = array_to_image(self.world.render(name), "rgb8", stamp, info.header.frame_id)
+            info.header.stamp = stamp
+            image_pub.publish(image)
+            info_pub.publish(info)
+        self._success_pub.publish(Bool(data=self.world.success()))
 
     def _on_reset(self, request, response):
         seed = self.seed + self.resets

@@ -26,10 +26,11 @@ CAMERAS = ("base", "wrist")
 
 # Link geometry, per link in its own frame: capsules (from, to, radius) between joint origins, so
 # the shapes follow JOINT_ORIGINS automatically.
+_ELBOW_TO_WRIST = JOINT_ORIGINS[3][0]  # link3 is L-shaped: along x, then along y to joint4
 _LINK_CAPSULES = {
     "link1": [((0, 0, -0.14), (0, 0, 0.0), 0.05)],
     "link2": [((0, 0, 0), JOINT_ORIGINS[2][0], 0.045)],
-    "link3": [((0, 0, 0), (JOINT_ORIGINS[3][0][0], 0, 0), 0.04), ((JOINT_ORIGINS[3][0][0], 0, 0), JOINT_ORIGINS[3][0], 0.04)],
+    "link3": [((0, 0, 0), (_ELBOW_TO_WRIST[0], 0, 0), 0.04), ((_ELBOW_TO_WRIST[0], 0, 0), _ELBOW_TO_WRIST, 0.04)],
     "link4": [],
     "link5": [((0, 0, 0), JOINT_ORIGINS[5][0], 0.037)],
 }
@@ -80,11 +81,13 @@ def _arm() -> str:
 def _gripper() -> str:
     """Flange, palm and two fingers sliding along link6's y. Jaw pads are centred on link_tcp."""
     tcp = TCP_OFFSET_WITH_GRIPPER
+    camera = (0.08, 0.0, 0.1)
     fingers = []
     for side, sign in (("left", 1), ("right", -1)):
         fingers.append(
             f'<body name="{side}_finger" pos="0 {sign * FINGER_TRAVEL:.6g} {tcp}" gravcomp="1">'
-            f'<joint name="{side}_finger" class="finger_joint" type="slide" axis="0 {-sign} 0" range="0 {FINGER_TRAVEL:.6g}"/>'
+            f'<joint name="{side}_finger" class="finger_joint" type="slide" axis="0 {-sign} 0" '
+            f'range="0 {FINGER_TRAVEL:.6g}"/>'
             f'<geom class="pad" type="box" size="0.011 0.005 0.022" pos="0 {sign * 0.005} 0"/>'
             f'<geom class="grip" type="box" size="0.011 0.006 0.022" pos="0 {sign * 0.016} -0.036"/>'
             "</body>"
@@ -95,9 +98,25 @@ def _gripper() -> str:
         + '<geom class="grip" type="box" size="0.028 0.065 0.04" pos="0 0 0.064"/>'
         # a RealSense-like wrist camera on the palm, looking down the jaws at the TCP
         + '<geom class="camera" type="box" size="0.0125 0.045 0.0125" pos="0.066 0 0.1"/>'
-        + f'<camera name="wrist" pos="0.08 0 0.1" xyaxes="{_xyaxes((0.08, 0, 0.1), (0, 0, tcp + 0.13), up=(1, 0, 0))}" fovy="65"/>'
+        + f'<camera name="wrist" pos="{_v(camera)}" fovy="65" '
+        f'xyaxes="{_xyaxes(camera, (0, 0, tcp + 0.13), up=(1, 0, 0))}"/>'
         + "".join(fingers)
     )
+
+
+def _table_legs() -> str:
+    return "".join(f'<geom class="housing" type="box" size="0.025 0.025 0.365" pos="{x} {y} -0.385"/>'
+                   for x in (-0.27, 0.77) for y in (-0.57, 0.57))
+
+
+def _can() -> str:
+    """Red can body with metal lids; its origin is its centre."""
+    half = CAN_HEIGHT / 2 - 0.004
+    lids = "".join(f'<geom class="object" type="cylinder" size="{CAN_RADIUS - 0.003} 0.004" pos="0 0 {z:.6g}" '
+                   'material="metal" mass="0.01"/>' for z in (half, -half))
+    return (f'<body name="can" pos="0.4 -0.2 {CAN_HEIGHT / 2}"><freejoint name="can"/>'
+            f'<geom name="can" class="object" type="cylinder" size="{CAN_RADIUS} {half:.6g}" material="can" '
+            f'mass="0.2"/>{lids}</body>')
 
 
 def _box() -> str:
@@ -111,7 +130,8 @@ def _box() -> str:
         (0, BOX_INNER + half_wall, z, BOX_INNER, half_wall, z),
         (0, -BOX_INNER - half_wall, z, BOX_INNER, half_wall, z),
     ]
-    geoms = "".join(f'<geom class="object" type="box" material="box" pos="{_v(w[:3])}" size="{_v(w[3:])}"/>' for w in walls)
+    geoms = "".join(f'<geom class="object" type="box" material="box" pos="{_v(w[:3])}" size="{_v(w[3:])}"/>'
+                    for w in walls)
     return f'<body name="box" pos="0.4 0.25 0"><freejoint name="box"/>{geoms}</body>'
 
 
@@ -138,8 +158,10 @@ def build_mjcf(image_size: int = 448) -> str:
     <headlight ambient="0.3 0.3 0.3" diffuse="0.3 0.3 0.3" specular="0.1 0.1 0.1"/>
   </visual>
   <asset>
-    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.75 0.8 0.9" rgb2="0.3 0.35 0.4" width="64" height="64"/>
-    <texture name="floor" type="2d" builtin="checker" rgb1="0.35 0.35 0.38" rgb2="0.3 0.3 0.33" width="256" height="256"/>
+    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.75 0.8 0.9" rgb2="0.3 0.35 0.4"
+             width="64" height="64"/>
+    <texture name="floor" type="2d" builtin="checker" rgb1="0.35 0.35 0.38" rgb2="0.3 0.3 0.33"
+             width="256" height="256"/>
     <material name="floor" texture="floor" texrepeat="8 8"/>
     <material name="wood" rgba="0.7 0.6 0.48 1" specular="0.1"/>
     <material name="arm" rgba="0.92 0.92 0.9 1" specular="0.4" shininess="0.5"/>
@@ -167,16 +189,11 @@ def build_mjcf(image_size: int = 448) -> str:
     <light name="fill" pos="1.2 -0.8 1.5" dir="-1 0.6 -1" diffuse="0.2 0.2 0.2" castshadow="false"/>
     <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 -0.75" material="floor" contype="0" conaffinity="0"/>
     <geom name="table" class="object" type="box" size="0.55 0.6 0.02" pos="0.25 0 -0.02" material="wood"/>
-    {"".join(f'<geom class="housing" type="box" size="0.025 0.025 0.365" pos="{x} {y} -0.385"/>' for x in (-0.27, 0.77) for y in (-0.57, 0.57))}
+    {_table_legs()}
     <geom name="pedestal" class="housing" type="cylinder" size="0.06 0.065" pos="0 0 0.065"/>
     <camera name="base" pos="{_v(base_cam)}" xyaxes="{_xyaxes(base_cam, (0.22, 0.0, 0.2))}" fovy="52"/>
     {_arm()}
-    <body name="can" pos="0.4 -0.2 {CAN_HEIGHT / 2}">
-      <freejoint name="can"/>
-      <geom name="can" class="object" type="cylinder" size="{CAN_RADIUS} {CAN_HEIGHT / 2 - 0.004}" material="can" mass="0.2"/>
-      <geom class="object" type="cylinder" size="{CAN_RADIUS - 0.003} 0.004" pos="0 0 {CAN_HEIGHT / 2 - 0.004}" material="metal" mass="0.01"/>
-      <geom class="object" type="cylinder" size="{CAN_RADIUS - 0.003} 0.004" pos="0 0 {-CAN_HEIGHT / 2 + 0.004}" material="metal" mass="0.01"/>
-    </body>
+    {_can()}
     {_box()}
   </worldbody>
   <actuator>{actuators}</actuator>

@@ -56,8 +56,8 @@ class SimWorld:
         """Arm at HOME with the gripper open; can and box at random poses on opposite sides."""
         rng = self._rng if seed is None else np.random.default_rng(seed)
         side = rng.choice((-1.0, 1.0))
-        # The can stays clear of the gripper at HOME (TCP at x 0.345, y 0); the box's walls are lower
-        # than the fingertips there, so the two regions only need to keep can and box apart.
+        # The can spawns at |y| >= 0.1, clear of the open fingers at HOME (TCP at x 0.345, y 0); the
+        # box goes on the other side, and its walls stay below the fingertips at HOME.
         can_xy = (rng.uniform(0.28, 0.48), side * rng.uniform(0.1, 0.26))
         box_xy = (rng.uniform(0.3, 0.46), -side * rng.uniform(0.17, 0.28))
         with self.lock:
