@@ -20,7 +20,7 @@ ROS_WHEELS = [
 ]
 SIM = ["mujoco>=3.1", "opencv-python-headless>=4.8"]
 ROBOT = ["xarm-python-sdk>=1.14", "pyrealsense2>=2.54"]
-DATA = ["rosbags>=0.10"]
+DATA = ["rosbags>=0.10", "opencv-python-headless>=4.8"]
 GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18"]
 TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18"]
 
@@ -63,6 +63,7 @@ setup(
             "xarm6_driver = evo1_ros.nodes.driver:main",
             "camera_node = evo1_ros.nodes.camera:main",
             "sim_node = evo1_ros.nodes.sim:main",
+            "recorder_node = evo1_ros.nodes.recorder:main",
         ]
     },
     zip_safe=False,

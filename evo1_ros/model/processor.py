@@ -38,6 +38,16 @@ def resize_like_pil(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.round_().clamp_(0, 255)
 
 
+def normalize_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 RGB images (..., 3, h, w) -> model input (..., 3, size, size): resized, scaled to
+    [0, 1] and ImageNet-normalised. Works on batches (training) and single frames alike."""
+    lead = images.shape[:-3]
+    x = resize_like_pil(images.reshape(-1, *images.shape[-3:]).float(), size) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).reshape(*lead, 3, size, size)
+
+
 def images_to_pixels(frames: Sequence[np.ndarray | None], cfg: Evo1Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Per view slot an (h, w, 3) uint8 RGB frame or None -> pixel_values (1, V, 3, P, P) and
     view_mask (1, V). Absent views are zero images, masked out downstream."""
@@ -46,16 +56,13 @@ def images_to_pixels(frames: Sequence[np.ndarray | None], cfg: Evo1Config) -> tu
     p = cfg.image_size
     pixels = torch.zeros(cfg.max_views, 3, p, p)
     mask = torch.zeros(cfg.max_views, dtype=torch.bool)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for slot, frame in enumerate(frames):
         if frame is None:
             continue
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"view {slot}: expected (h, w, 3) uint8 RGB, got {frame.dtype} {frame.shape}")
-        chw = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().unsqueeze(0)
-        pixels[slot] = (resize_like_pil(chw, p)[0] / 255.0 - mean) / std
+        pixels[slot] = normalize_pixels(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1), p)
         mask[slot] = True
     return pixels.unsqueeze(0), mask.unsqueeze(0)
 
