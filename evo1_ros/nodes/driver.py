@@ -37,6 +37,7 @@ PARAMETERS = {  # name: (default, description)
     "backend": ("fake", "fake | xarm_sdk | sim"),
     "robot_ip": ("", "xArm controller address (xarm_sdk)"),
     "servo_rate_hz": (100.0, "servo command rate, at most 250 Hz (the control box's limit)"),
+    "realtime_priority": (50, "SCHED_FIFO priority for the servo thread when the OS allows it; 0 = off"),
     "watchdog_ms": (100.0, "no fresh trajectory for this long -> decelerate and hold"),
     "joint_limit_margin": (0.05, "rad kept clear of every joint limit"),
     "max_velocity": (xarm6.MOVEIT_MAX_VELOCITY, "rad/s, every joint"),
@@ -48,16 +49,13 @@ PARAMETERS = {  # name: (default, description)
 
 
 class Xarm6DriverNode(Node):
-    def __init__(self, name: str = "xarm6_driver", backend: DriverBackend | None = None, **overrides):
-        """`overrides` replace parameter defaults (for tests and the one-process launcher);
-        ROS parameters given on the command line or in YAML still win. `backend`, when given, is
-        used instead of making one from the `backend` parameter (e.g. a sim backend that shares
-        its world with a sim node in the same process)."""
-        super().__init__(name)
+    def __init__(self, backend: DriverBackend | None = None, **node_kwargs):
+        """`backend`, when given, is used instead of making one from the `backend` parameter (e.g.
+        a sim backend sharing its world with a sim node in the same process). `node_kwargs` go to
+        rclpy's Node (context, namespace, parameter_overrides, ...)."""
+        super().__init__("xarm6_driver", **node_kwargs)
         for key, (default, description) in PARAMETERS.items():
-            self.declare_parameter(key, overrides.pop(key, default), ParameterDescriptor(description=description))
-        if overrides:
-            raise ValueError(f"unknown parameters {sorted(overrides)}; known: {sorted(PARAMETERS)}")
+            self.declare_parameter(key, default, ParameterDescriptor(description=description))
         p = {key: self.get_parameter(key).value for key in PARAMETERS}
 
         backend_params = {"robot_ip": p["robot_ip"]} if p["backend"] == "xarm_sdk" else {}
@@ -68,7 +66,8 @@ class Xarm6DriverNode(Node):
         )
         backend = backend or make_backend(p["backend"], **backend_params)
         self.backend_name = backend.name
-        self.loop = ServoLoop(backend, limits, p["servo_rate_hz"], on_state=self._publish_joint_state)
+        self.loop = ServoLoop(backend, limits, p["servo_rate_hz"], on_state=self._publish_joint_state,
+                              realtime_priority=p["realtime_priority"])
 
         self._joint_state_pub = self.create_publisher(JointState, p["joint_states_topic"], 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -86,6 +85,9 @@ class Xarm6DriverNode(Node):
         self.loop.start()
         self.get_logger().info(f"{backend.name} backend, servo {p['servo_rate_hz']:.0f} Hz, "
                                f"following {p['trajectory_topic']}")
+        if not self.loop.realtime and p["realtime_priority"] > 0:
+            self.get_logger().info("servo thread at normal priority (SCHED_FIFO not permitted: "
+                                   "see `ulimit -r` / limits.conf rtprio); expect more jitter under load")
 
     def destroy_node(self):
         self.loop.shutdown()
@@ -152,6 +154,7 @@ class Xarm6DriverNode(Node):
             "emergency_stop": str(s.estopped),
             "stopping_reason": s.stopping_reason,
             "last_rejected_trajectory": s.rejected,
+            "servo_realtime": str(s.realtime),
             "servo_ticks": str(s.ticks),
             "servo_overruns": str(s.overruns),
             "servo_max_late_ms": f"{s.max_late_s * 1e3:.2f}",

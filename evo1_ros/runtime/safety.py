@@ -103,7 +103,7 @@ class SafetyFilter:
         """Validate a trajectory (times (n,) absolute seconds, points (n, 7)) and drop its stale
         points: those before `now` give way to one point at `now` on the segment that spans it,
         as a trajectory controller samples it. Returns (times, points) with times[0] >= now;
-        raises TrajectoryRejected."""
+        raises TrajectoryRejected. Changes nothing: safe to call from any thread."""
         if self.estopped:
             raise TrajectoryRejected("emergency stop is latched; call reset first")
         times = np.asarray(times, dtype=float)
@@ -116,7 +116,6 @@ class SafetyFilter:
             raise TrajectoryRejected("time_from_start is not strictly increasing")
         if times[-1] <= now:
             raise TrajectoryRejected(f"all {len(times)} points are stale (last {now - times[-1]:.3f} s ago)")
-        self._last_trajectory_time = now
         first_ahead = int(np.searchsorted(times, now, side="right"))
         if first_ahead == 0:
             return times, points
@@ -124,6 +123,10 @@ class SafetyFilter:
         w = (now - t0) / (t1 - t0)
         at_now = (1.0 - w) * points[first_ahead - 1] + w * points[first_ahead]
         return np.append(now, times[first_ahead:]), np.vstack([at_now, points[first_ahead:]])
+
+    def feed_watchdog(self, arrival: float) -> None:
+        """A checked trajectory arrived at `arrival` and is being followed."""
+        self._last_trajectory_time = arrival
 
     def watchdog_expired(self, now: float) -> bool:
         return now - self._last_trajectory_time > self.limits.watchdog_s

@@ -1,14 +1,21 @@
 """The servo loop: trajectory -> interpolator -> safety filter -> backend, in its own thread. ROS-free.
 
 `ServoLoop` owns the backend. Its `tick` is the only place that calls `backend.command`, and it
-only ever passes `SafetyFilter.step`'s output, so nothing reaches the arm unfiltered. All backend
-calls happen on the servo thread (recovery included), so backends need no locking.
+only ever passes `SafetyFilter.step`'s output, so nothing reaches the arm unfiltered.
+
+Threads: the servo thread owns the filter's motion state, the interpolator and the backend (all
+backend calls happen there, recovery included, so backends need no locking). Other threads check
+trajectories themselves and hand work to the servo thread through an inbox it empties at the start
+of each tick; the only state they set directly are the e-stop flag (so it acts on the very next
+tick) and its release. There is no lock the servo thread could wait on while a lower-priority
+thread holding it is preempted.
 
 Timing: absolute deadlines (no drift), a coarse `time.sleep` to just before each deadline, then a
-short spin, because sleep wake-ups under load are late by more than the jitter we allow. A tick
-that overruns (the SDK's `set_servo_angle_j` sometimes blocks ~190 ms) skips the missed deadlines
-instead of bursting commands to catch up; the filter's per-tick bounds then make the arm lag the
-trajectory rather than jump.
+short spin, because sleep wake-ups come late by more than the jitter we allow. Where the OS allows
+it (root, or an rtprio limit) the thread runs SCHED_FIFO, so inference threads and other processes
+cannot delay its wake-ups. A tick that overruns (the SDK's `set_servo_angle_j` sometimes blocks
+~190 ms) skips the missed deadlines instead of bursting commands to catch up; the filter's
+per-tick bounds then make the arm lag the trajectory rather than jump.
 
 A backend error never ends the loop: it stops the arm, keeps the error in words in `status()`,
 sends nothing until `recover()` succeeds, and keeps reporting the measured state when it can.
@@ -18,7 +25,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import math
+import os
 import sys
 import threading
 import time
@@ -28,12 +37,12 @@ from typing import Callable
 import numpy as np
 
 from evo1_ros.robot.backend import BackendError, DriverBackend, RobotState
-from evo1_ros.runtime.safety import SafetyFilter, SafetyLimits
+from evo1_ros.runtime.safety import SafetyFilter, SafetyLimits, TrajectoryRejected
 from evo1_ros.runtime.trajectory import TrajectoryInterpolator
 
 MAX_SERVO_RATE_HZ = 250.0  # the xArm control box accepts set_servo_angle_j up to 250 Hz
 SPIN_S = 0.0005  # busy-wait this long before each deadline instead of trusting sleep
-GIL_SWITCH_INTERVAL_S = 0.0005  # a woken servo thread waits at most this for the GIL
+GIL_SWITCH_INTERVAL_S = 0.0005  # a woken servo thread waits about this long at most for the GIL
 TIMING_WINDOW = 1000  # ticks kept for timing statistics
 
 
@@ -46,6 +55,7 @@ class ServoStatus:
     fault: str  # backend error in words; "" when none
     fault_code: int | None
     rejected: str  # why the last refused trajectory was refused; "" when none yet
+    realtime: bool  # the servo thread got SCHED_FIFO
     ticks: int
     overruns: int  # ticks that ran past the next deadline (those deadlines are skipped)
     max_late_s: float  # worst wake-up lateness over the last TIMING_WINDOW ticks
@@ -63,19 +73,23 @@ def sleep_until(deadline: float, clock: Callable[[], float] = time.monotonic) ->
 class ServoLoop:
     def __init__(self, backend: DriverBackend, limits: SafetyLimits = SafetyLimits(), rate_hz: float = 100.0,
                  on_state: Callable[[RobotState, np.ndarray], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, realtime_priority: int = 50):
+        """on_state(measured state, filtered command (7,)) is called on the servo thread every tick;
+        realtime_priority: SCHED_FIFO priority to ask for (0: don't)."""
         if not 0 < rate_hz <= MAX_SERVO_RATE_HZ:
             raise ValueError(f"servo rate must be in (0, {MAX_SERVO_RATE_HZ:.0f}] Hz, got {rate_hz}")
         self.period = 1.0 / rate_hz
+        self.clock = clock
+        self.realtime_priority = realtime_priority
+        self.realtime = False
         self._backend = backend
         self._filter = SafetyFilter(limits, self.period)
         self._trajectory = TrajectoryInterpolator()
         self._on_state = on_state
-        self.clock = clock
-        self._lock = threading.Lock()  # guards filter + trajectory between servo and caller threads
-        self._requests: collections.deque = collections.deque()  # (fn, future) run on the servo thread
+        self._inbox: collections.deque = collections.deque()  # (fn, future or None), run on the servo thread
         self._state: RobotState | None = None
         self._connected = False
+        self._commanded_at = -math.inf  # when the filter's last command was computed
         self._fault, self._fault_code, self._rejected = "", None, ""
         self._ticks = self._overruns = 0
         self.wake_times: collections.deque = collections.deque(maxlen=TIMING_WINDOW)
@@ -93,12 +107,15 @@ class ServoLoop:
         return not self._fault
 
     def start(self) -> None:
-        """Run `tick` every period on a thread of its own (call `connect` first)."""
+        """Run `tick` every period on a thread of its own (call `connect` first). Returns once the
+        thread runs, with `realtime` telling whether it got SCHED_FIFO."""
         # Process-wide, but harmless: other threads just hand the GIL over more often.
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self._running.set()
-        self._thread = threading.Thread(target=self._run, name="servo_loop", daemon=True)
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="servo_loop", daemon=True)
         self._thread.start()
+        started.wait()
 
     def shutdown(self) -> None:
         """Stop the thread, halt the arm and release the backend."""
@@ -114,25 +131,21 @@ class ServoLoop:
     def submit(self, times: np.ndarray, points: np.ndarray) -> None:
         """Follow a trajectory: times (n,) on this loop's clock, points (n, 7) joints + gripper.
         Raises TrajectoryRejected (e-stop latched, NaN/inf, times not increasing, all stale)."""
-        with self._lock:
-            now = self.clock()
-            try:
-                times, points = self._filter.check_trajectory(times, points, now)
-            except ValueError as e:
-                self._rejected = str(e)
-                raise
-            current = np.append(self._filter.positions, self._filter.gripper)
-            self._trajectory.set(times, points, now, current)
+        arrival = self.clock()
+        try:
+            times, points = self._filter.check_trajectory(times, points, arrival)
+        except TrajectoryRejected as e:
+            self._rejected = str(e)
+            raise
+        self._inbox.append((functools.partial(self._follow, times, points, arrival), None))
 
     def emergency_stop(self) -> None:
-        with self._lock:
-            self._filter.emergency_stop()
-            self._trajectory.clear()
+        self._filter.emergency_stop()  # directly: the next tick already brakes
+        self._inbox.append((self._trajectory.clear, None))
 
     def reset(self) -> None:
-        with self._lock:
-            self._filter.reset()
-            self._trajectory.clear()
+        self._filter.reset()
+        self._inbox.append((self._trajectory.clear, None))
 
     def recover(self, timeout: float = 10.0) -> RobotState:
         """Clear a backend fault (on the servo thread, or here when the loop is not running).
@@ -140,23 +153,28 @@ class ServoLoop:
         if not self._running.is_set():
             return self._recover()
         done = concurrent.futures.Future()
-        self._requests.append((self._recover, done))
+        self._inbox.append((self._recover, done))
         return done.result(timeout=timeout)
 
     def status(self) -> ServoStatus:
-        with self._lock:
-            command = np.append(self._filter.positions, self._filter.gripper)
-            estopped, stopping = self._filter.estopped, self._filter.stopping_reason
+        f = self._filter
         return ServoStatus(
-            state=self._state, command=command, estopped=estopped, stopping_reason=stopping,
-            fault=self._fault, fault_code=self._fault_code, rejected=self._rejected, ticks=self._ticks,
-            overruns=self._overruns, max_late_s=max(self._late, default=0.0),
-            max_tick_s=max(self._tick_durations, default=0.0),
+            state=self._state, command=np.append(f.positions, f.gripper), estopped=f.estopped,
+            stopping_reason=f.stopping_reason, fault=self._fault, fault_code=self._fault_code,
+            rejected=self._rejected, realtime=self.realtime, ticks=self._ticks, overruns=self._overruns,
+            max_late_s=max(self._late, default=0.0), max_tick_s=max(self._tick_durations, default=0.0),
         )
 
     # --- servo thread -------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, started: threading.Event) -> None:
+        if self.realtime_priority > 0:
+            try:  # on Linux, pid 0 means the calling thread
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.realtime_priority))
+                self.realtime = True
+            except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
+                pass
+        started.set()
         deadline = self.clock()
         while self._running.is_set():
             sleep_until(deadline, self.clock)
@@ -173,18 +191,22 @@ class ServoLoop:
                 deadline += math.ceil(behind / self.period) * self.period
 
     def tick(self) -> None:
-        """One servo cycle: run queued requests, filter the trajectory's target, command, read."""
-        while self._requests:
-            fn, done = self._requests.popleft()
+        """One servo cycle: run the inbox, filter the trajectory's target, command, read."""
+        while self._inbox:
+            fn, done = self._inbox.popleft()
             try:
-                done.set_result(fn())
+                result = fn()
+                if done is not None:
+                    done.set_result(result)
             except Exception as e:
+                if done is None:
+                    raise
                 done.set_exception(e)
         if not self._connected:
             return
         now = self.clock()
-        with self._lock:
-            positions, gripper = self._filter.step(self._trajectory.sample(now), now)
+        positions, gripper = self._filter.step(self._trajectory.sample(now), now)
+        self._commanded_at = now
         self._ticks += 1
         if not self._fault:
             self._call(self._backend.command, positions, gripper)
@@ -195,10 +217,22 @@ class ServoLoop:
         if state.error_code and not self._fault:  # an error the controller raised on its own
             self._fail(state.error_code, state.error_words)
         if self._fault:  # follow the arm, so recovery starts from where it really is
-            with self._lock:
-                self._filter.sync(state.positions, state.gripper)
+            self._filter.sync(state.positions, state.gripper)
         if self._on_state is not None:
             self._on_state(state, np.append(positions, gripper))
+
+    def _follow(self, times: np.ndarray, points: np.ndarray, arrival: float) -> None:
+        if self._filter.estopped:  # latched after this trajectory was checked
+            self._rejected = "emergency stop is latched; call reset first"
+            return
+        self._filter.feed_watchdog(arrival)
+        # A trajectory that starts in the future is joined from where the old one's target was at
+        # the last command (or from the command itself when there was none), at that command's
+        # time: the target stays continuous across windows, so the arm does not slow at seams.
+        start = self._trajectory.sample(self._commanded_at)
+        if start is None:
+            start = np.append(self._filter.positions, self._filter.gripper)
+        self._trajectory.set(times, points, self._commanded_at, start)
 
     def _call(self, fn, *args):
         try:
@@ -210,8 +244,7 @@ class ServoLoop:
         return None
 
     def _fail(self, code: int | None, words: str) -> None:
-        with self._lock:
-            self._trajectory.clear()
+        self._trajectory.clear()
         if self._fault:  # already stopped for the first error; keep reporting that one
             return
         self._fault, self._fault_code = words, code
@@ -228,13 +261,9 @@ class ServoLoop:
             self._fault, self._fault_code = e.words, e.code
             raise
         self._connected = True
-        self._adopt(state)
-        return state
-
-    def _adopt(self, state: RobotState) -> None:
-        """Start over from a measured state at rest, with no trajectory and no fault."""
-        with self._lock:
-            self._filter.sync(state.positions, state.gripper)
-            self._trajectory.clear()
+        self._filter.sync(state.positions, state.gripper)
+        self._commanded_at = self.clock()
+        self._trajectory.clear()
         self._state = state
         self._fault, self._fault_code = "", None
+        return state
