@@ -38,14 +38,17 @@ def wait_for(condition, timeout=5.0):
 @pytest.fixture
 def rig():
     """SimNode + driver on one 64 px world, as `sim_node`'s main wires them, plus a probe node."""
-    rclpy.init()  # the driver node lives in the default context
+    context = rclpy.Context()
+    rclpy.init(context=context)
     world = SimWorld(image_size=64)
-    sim = SimNode(world, parameter_overrides=[
+    sim = SimNode(world, context=context, parameter_overrides=[
         Parameter("fps", value=20.0), Parameter("camera_namespace", value=f"{TAG}/camera")])
-    driver = Xarm6DriverNode(backend=SimBackend(world), trajectory_topic=f"/{TAG}/trajectory",
-                             joint_states_topic=f"/{TAG}/joint_states", watchdog_ms=5000.0)
+    driver = Xarm6DriverNode(backend=SimBackend(world), context=context, parameter_overrides=[
+        Parameter("trajectory_topic", value=f"/{TAG}/trajectory"),
+        Parameter("joint_states_topic", value=f"/{TAG}/joint_states"),
+        Parameter("watchdog_ms", value=5000.0)])
     sim.on_reset = driver.loop.recover
-    probe = rclpy.create_node("probe")
+    probe = rclpy.create_node("probe", context=context)
     probe.got = {"base": [], "wrist": [], "info": [], "success": [], "joints": []}
     for name in ("base", "wrist"):
         probe.create_subscription(Image, f"/{TAG}/camera/{name}/color/image_raw",
@@ -54,7 +57,7 @@ def rig():
     probe.create_subscription(Bool, "/evo1_sim/success", probe.got["success"].append, 10)
     probe.create_subscription(JointState, f"/{TAG}/joint_states", probe.got["joints"].append, 10)
     probe.trajectory = probe.create_publisher(JointTrajectory, f"/{TAG}/trajectory", 10)
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
     for node in (sim, driver, probe):
         executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
@@ -62,7 +65,7 @@ def rig():
     executor.shutdown()
     for node in (sim, driver, probe):
         node.destroy_node()
-    rclpy.shutdown()
+    rclpy.shutdown(context=context)
 
 
 def joints(probe):
