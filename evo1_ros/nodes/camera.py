@@ -146,15 +146,21 @@ class CameraNode(Node):
 
 def main(args=None):
     rclpy.init(args=args)
-    node = None
     try:
         node = CameraNode()
+    except (ValueError, RuntimeError) as e:  # a configuration problem: say it, without a traceback
+        rclpy.logging.get_logger("evo1_camera").fatal(str(e))
+        rclpy.try_shutdown()
+        raise SystemExit(1)
+    except KeyboardInterrupt:  # Ctrl-C while the model loads
+        rclpy.try_shutdown()
+        return
+    try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node.destroy_node()
+        node.destroy_node()
         rclpy.try_shutdown()
 
 

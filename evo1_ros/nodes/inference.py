@@ -332,9 +332,16 @@ class InferenceNode(Node):
 
 def main(args=None):
     rclpy.init(args=args)
-    node = None
     try:
         node = InferenceNode()
+    except (ValueError, RuntimeError) as e:  # a configuration problem: say it, without a traceback
+        rclpy.logging.get_logger("evo1_inference").fatal(str(e))
+        rclpy.try_shutdown()
+        raise SystemExit(1)
+    except KeyboardInterrupt:  # Ctrl-C while the model loads
+        rclpy.try_shutdown()
+        return
+    try:
         # Two threads: the control timer runs while image/joint-state callbacks are handled.
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
@@ -342,8 +349,7 @@ def main(args=None):
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node.destroy_node()
+        node.destroy_node()
         rclpy.try_shutdown()
 
 
