@@ -126,8 +126,10 @@ class _Builder:
 def plan_pick_place(q0: np.ndarray, gripper0: float, can_xyz, box_xyz) -> Plan:
     """Trajectory from joints q0 (+ gripper) that puts the can (at can_xyz) into the box (box_xyz)."""
     can_xy, box_xy = np.asarray(can_xyz)[:2], np.asarray(box_xyz)[:2]
-    # yaw the jaws radially: joint6 then stays near zero whatever the object's bearing
-    at = lambda xy, z: top_down((*xy, z), math.atan2(xy[1], xy[0]))  # noqa: E731
+
+    def at(xy, z):  # yaw the jaws radially: joint6 then stays near zero whatever the bearing
+        return top_down((*xy, z), math.atan2(xy[1], xy[0]))
+
     b = _Builder(np.asarray(q0, dtype=float), gripper0)
     b.grip(GRIPPER_OPEN, 0.2, 0.0)
     b.move(at(can_xy, APPROACH_Z))
@@ -154,15 +156,16 @@ def run_expert(world: SimWorld, seed: int | None = None, control_dt: float = PLA
                on_tick: Callable[[np.ndarray], None] | None = None) -> bool:
     """One scripted episode straight on the world (no ROS, as fast as physics runs): reset with
     `seed`, plan, feed the plan's action every control_dt, let things settle, return success.
-    `on_tick(action)` runs after every control tick, e.g. to record camera frames."""
+    `on_tick(action)` runs before each tick with the action about to be sent, while the world still
+    shows the observation it answers: the place to record (frames, state, action) samples."""
     world.reset(seed)
     plan = plan_for(world)
     for t in np.arange(1, round((plan.duration + settle) / control_dt) + 1) * control_dt:
         action = plan.at(t)[0]
-        world.set_target(action[:6], action[6])
-        world.step(control_dt)
         if on_tick is not None:
             on_tick(action)
+        world.set_target(action[:6], action[6])
+        world.step(control_dt)
     return world.success()
 
 
