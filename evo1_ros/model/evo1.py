@@ -252,15 +252,20 @@ class Evo1(nn.Module):
         context, key_mask = self.context(obs)
         kv = self.head.context_keys_values(context)
         b, dtype, device = context.shape[0], context.dtype, context.device
-        mask = action_mask.to(device=device, dtype=dtype).unsqueeze(1)
         shape = (b, self.config.chunk_length, self.config.max_action_dim)
         if noise is None:
             noise = torch.rand(shape, generator=generator, device=device, dtype=dtype) * 2 - 1
-        x = noise.to(device=device, dtype=dtype) * mask
+        mask = action_mask.to(device=device, dtype=dtype).unsqueeze(1)
+        return self.denoise(kv, key_mask, noise.to(device=device, dtype=dtype), mask, num_steps)
+
+    def denoise(self, kv, key_mask, noise, mask, num_steps: int | None = None) -> torch.Tensor:
+        """The Euler loop alone, given the context keys/values: a fixed sequence of tensor ops
+        with no host decisions, so it can be captured as one CUDA graph."""
         steps = int(num_steps or self.config.num_steps)
         dt = 1.0 / steps
+        x = noise * mask
         for i in range(steps):
-            time_emb = self.head.time_table[time_index(i / steps)].to(dtype).expand(b, -1)
+            time_emb = self.head.time_table[time_index(i / steps)].to(x.dtype).expand(x.shape[0], -1)
             x = x + dt * (self.head.velocity(x * mask, kv, key_mask, time_emb) * mask)
         return x * mask
 

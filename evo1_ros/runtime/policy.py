@@ -28,20 +28,29 @@ class ChunkPolicy(Protocol):
 class Evo1ChunkPolicy:
     """Evo-1 behind the `ChunkPolicy` seam: observation in, de-normalised action chunk out."""
 
-    def __init__(self, model, processor, action_dim: int, num_steps: int | None = None):
-        self.model = model
-        self.processor = processor
+    def __init__(self, engine, action_dim: int):
+        self.engine = engine
+        self.processor = engine.processor
         self.action_dim = action_dim
-        self.chunk_length = model.config.chunk_length
-        self.num_views = model.config.max_views
-        self.num_steps = num_steps
-        self._action_mask = processor.action_mask(action_dim)
+        self.chunk_length = engine.model.config.chunk_length
+        self.num_views = engine.model.config.max_views
+        self._action_mask = self.processor.action_mask(action_dim)
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "cpu", dtype: str | None = None, num_steps: int | None = None):
+    def from_checkpoint(
+        cls,
+        path,
+        device: str = "cpu",
+        dtype: str | None = None,
+        num_steps: int | None = None,
+        backend: str = "torch",
+        onnx_dir=None,
+        cuda_graph: bool = True,
+    ):
         import torch
 
         from ..model.checkpoint import load_checkpoint
+        from .engine import Evo1Engine
 
         torch_dtype = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if dtype not in torch_dtype:
@@ -49,15 +58,11 @@ class Evo1ChunkPolicy:
         model, processor = load_checkpoint(path, device=device, dtype=torch_dtype[dtype])
         if processor.normalizer is None:
             raise ValueError(f"{path} has no norm_stats.json: cannot map actions to robot units")
-        return cls(model, processor, processor.normalizer.action_dim, num_steps)
+        engine = Evo1Engine(model, processor, backend=backend, onnx_dir=onnx_dir, cuda_graph=cuda_graph,
+                            num_steps=num_steps)
+        return cls(engine, processor.normalizer.action_dim)
 
     def predict_chunk(self, images, state, instruction):
-        import torch
-
         obs = self.processor.observation(images, state, instruction)
-        device = next(self.model.parameters()).device
-        obs = {k: v.to(device) for k, v in obs.items()}
-        obs["pixel_values"] = obs["pixel_values"].to(next(self.model.parameters()).dtype)
-        with torch.inference_mode():
-            actions = self.model.sample(obs, self._action_mask.to(device), num_steps=self.num_steps)
+        actions = self.engine.predict(obs, self._action_mask)
         return self.processor.actions_to_robot(actions[0].float(), self.action_dim)

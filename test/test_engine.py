@@ -1,0 +1,72 @@
+"""Engine backends compute the plain model's function (tiny preset, CPU; CUDA graph on GPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from evo1_ros.model.build import build_model, xarm6_normalizer
+from evo1_ros.model.checkpoint import save_checkpoint
+from evo1_ros.model.processor import Evo1Processor
+from evo1_ros.runtime.engine import Evo1Engine, export_onnx
+from evo1_ros.runtime.policy import Evo1ChunkPolicy
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = build_model("evo1-tiny", seed=1)
+    processor = Evo1Processor(model.config, tokenizer, xarm6_normalizer())
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), None, rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)]
+    obs = processor.observation(frames, np.linspace(-1, 1, 7), "put the can in the box")
+    noise = torch.rand(1, model.config.chunk_length, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return model.eval(), processor, obs, noise
+
+
+def reference(model, processor, obs, noise):
+    return model.sample(obs, processor.action_mask(7), noise=noise)
+
+
+def test_torch_engine_equals_the_plain_model(tiny):
+    model, processor, obs, noise = tiny
+    out = Evo1Engine(model, processor).predict(obs, processor.action_mask(7), noise)
+    torch.testing.assert_close(out, reference(model, processor, obs, noise), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("padding", ["mask", "reference"])
+def test_onnx_engine_equals_the_plain_model(tiny, tmp_path, padding):
+    model, processor, obs, noise = tiny
+    model.config.context_padding = padding
+    try:
+        export_onnx(model, tmp_path)
+        engine = Evo1Engine(model, processor, backend="onnx", onnx_dir=tmp_path)
+        assert "CPUExecutionProvider" in engine.onnx.providers
+        out = engine.predict(obs, processor.action_mask(7), noise)
+        torch.testing.assert_close(out, reference(model, processor, obs, noise), atol=1e-4, rtol=0)
+    finally:
+        model.config.context_padding = "mask"
+
+
+def test_policy_from_checkpoint_returns_robot_units(tiny, tmp_path):
+    model, processor, _, _ = tiny
+    save_checkpoint(tmp_path / "ck", model, processor.tokenizer, processor.normalizer)
+    policy = Evo1ChunkPolicy.from_checkpoint(tmp_path / "ck")
+    chunk = policy.predict_chunk([np.zeros((48, 64, 3), np.uint8)], np.zeros(7), "pick up the can")
+    assert chunk.shape == (model.config.chunk_length, 7) and np.all(np.isfinite(chunk))
+    # bounds normalisation maps [-1, 1] onto the joint limits: denormalised chunks stay inside.
+    lo = np.array(processor.normalizer.stats["action"]["min"])
+    hi = np.array(processor.normalizer.stats["action"]["max"])
+    assert np.all(chunk >= lo - 3 * (hi - lo)) and np.all(chunk <= hi + 3 * (hi - lo))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph path needs a GPU")
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol):
+    model, processor, obs, noise = tiny
+    expected = reference(model, processor, obs, noise)
+    gpu = type(model)(model.config).to("cuda", dtype)
+    gpu.load_state_dict(model.state_dict())
+    engine = Evo1Engine(gpu, processor, cuda_graph=True)
+    for _ in range(2):  # second call replays the captured graph
+        out = engine.predict(obs, processor.action_mask(7), noise).float().cpu()
+        torch.testing.assert_close(out, expected, atol=atol, rtol=0)
+    assert engine._graphs
