@@ -1,12 +1,15 @@
 """InferenceNode over real rclpy/DDS: observations in, trajectory windows out, never stalled."""
 
+import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
+import rclpy.action  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -126,14 +129,15 @@ def rig_factory():
         rig.close()
 
 
-def test_slow_policy_never_delays_the_control_timer_nor_stalls_a_seam(rig_factory):
+@pytest.mark.parametrize("mode", ["crossfade", "temporal_ensemble", "open_loop"])
+def test_slow_policy_never_delays_the_control_timer_nor_stalls_a_seam(rig_factory, mode):
     # The policy takes 3 control periods; 32-step chunks re-requested with 24 steps left mean a
     # seam about every 11 ticks, each arriving while the previous chunk still has ~20 steps to go
     # (0.7 s of slack for a 2-core machine busy with other work, which may also hold up the
     # feeder: hence the generous observation age).
     policy = RampPolicy(chunk_length=32, delay=3 / RATE)
-    rig = rig_factory(policy, "slow", chunk_mode="crossfade", request_threshold=0.75, max_observation_age_ms=1000.0)
-    time.sleep(3.5)
+    rig = rig_factory(policy, f"slow_{mode}", chunk_mode=mode, request_threshold=0.75, max_observation_age_ms=1000.0)
+    time.sleep(2.5)
     rig.feeding = False
     trajectories = list(rig.received["trajectory"])
     stamps = np.array([stamp_seconds(m.header.stamp) for m in trajectories])
@@ -185,9 +189,9 @@ def test_malformed_or_missing_inputs_give_no_action_until_they_are_fixed(rig_fac
         ([image(), image()], NAMES[:2] + NAMES[3:], "JointState lacks ['joint3']"),
     ]:
         rig.feeding = False  # let the previous phase's good inputs go stale first
-        time.sleep(0.3)
+        time.sleep(0.25)
         rig.images, rig.state_names, rig.feeding = images, names, True
-        time.sleep(0.6)
+        time.sleep(0.45)
         assert policy.calls == [] and rig.received["trajectory"] == []
         assert logged in capfd.readouterr().err
 
@@ -266,6 +270,40 @@ def test_tiny_evo1_checkpoint_end_to_end(rig_factory, tiny_checkpoint):
     assert positions.shape[1] == 7 and np.isfinite(positions).all()
     assert len(rig.received["path"]) >= 2 and len(rig.received["path"][-1].points) == horizon
     assert trajectories[0].joint_names == NAMES
+
+
+def test_follow_joint_trajectory_mode_sends_each_new_plan_as_a_goal(rig_factory, monkeypatch):
+    # control_msgs is not on PyPI: stand in for its action type and for the action client.
+    class FollowJointTrajectory:
+        class Goal:
+            def __init__(self, trajectory):
+                self.trajectory = trajectory
+
+    class Client:
+        def __init__(self, node, action_type, name):
+            self.name, self.goals = name, []
+
+        def server_is_ready(self):
+            return True
+
+        def send_goal_async(self, goal):
+            self.goals.append(goal)
+
+    package, action = types.ModuleType("control_msgs"), types.ModuleType("control_msgs.action")
+    action.FollowJointTrajectory = FollowJointTrajectory
+    monkeypatch.setitem(sys.modules, "control_msgs", package)
+    monkeypatch.setitem(sys.modules, "control_msgs.action", action)
+    monkeypatch.setattr(rclpy.action, "ActionClient", Client)
+    policy = RampPolicy()
+    rig = rig_factory(policy, "fjt", use_follow_joint_trajectory=True)
+    time.sleep(1.5)
+    client = rig.node._follow
+    assert client.name == "/xarm6_traj_controller/follow_joint_trajectory"
+    assert len(client.goals) >= 2 and len(policy.calls) - 1 <= len(client.goals) <= len(policy.calls)  # one per chunk
+    goal = client.goals[-1].trajectory
+    assert goal.joint_names == list(JOINT_NAMES)  # the arm controller has no gripper joint
+    assert len(goal.points) > 0 and all(len(p.positions) == 6 for p in goal.points)
+    assert rig.received["trajectory"] == []  # goals instead of the topic
 
 
 def test_follow_joint_trajectory_without_control_msgs_is_a_clear_error():
