@@ -130,7 +130,7 @@ class Xarm6DriverNode(Node):
 
     # --- outputs -------------------------------------------------------------------------------
 
-    def _publish_joint_state(self, state: RobotState, command: np.ndarray) -> None:
+    def _publish_joint_state(self, state: RobotState) -> None:
         """Called on the servo thread after every tick."""
         msg = JointState(name=JOINT_STATE_NAMES, position=[*map(float, state.positions), float(state.gripper)])
         msg.header.stamp = self.get_clock().now().to_msg()

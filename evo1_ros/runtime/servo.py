@@ -72,9 +72,9 @@ def sleep_until(deadline: float, clock: Callable[[], float] = time.monotonic) ->
 
 class ServoLoop:
     def __init__(self, backend: DriverBackend, limits: SafetyLimits = SafetyLimits(), rate_hz: float = 100.0,
-                 on_state: Callable[[RobotState, np.ndarray], None] | None = None,
+                 on_state: Callable[[RobotState], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, realtime_priority: int = 50):
-        """on_state(measured state, filtered command (7,)) is called on the servo thread every tick;
+        """on_state(measured state) is called on the servo thread after every tick;
         realtime_priority: SCHED_FIFO priority to ask for (0: don't)."""
         if not 0 < rate_hz <= MAX_SERVO_RATE_HZ:
             raise ValueError(f"servo rate must be in (0, {MAX_SERVO_RATE_HZ:.0f}] Hz, got {rate_hz}")
@@ -219,7 +219,7 @@ class ServoLoop:
         if self._fault:  # follow the arm, so recovery starts from where it really is
             self._filter.sync(state.positions, state.gripper)
         if self._on_state is not None:
-            self._on_state(state, np.append(positions, gripper))
+            self._on_state(state)
 
     def _follow(self, times: np.ndarray, points: np.ndarray, arrival: float) -> None:
         if self._filter.estopped:  # latched after this trajectory was checked
