@@ -187,8 +187,8 @@ class InferenceNode(Node):
 
     def _observation_problem(self, now: float) -> str | None:
         """Why the latest observation cannot start a chunk now, or None if it can."""
-        inputs = [(topic, None if entry is None else entry[1]) for topic, entry in zip(self.camera_topics, self._images)]
-        inputs.append(("joint states", None if self._state is None else self._state[1]))
+        entries = zip(self.camera_topics + ["joint states"], self._images + [self._state])
+        inputs = [(name, None if entry is None else entry[1]) for name, entry in entries]
         missing = [name for name, stamp in inputs if stamp is None]
         if missing:
             return f"waiting for {missing}"
