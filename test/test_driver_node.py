@@ -97,10 +97,10 @@ class Rig:
 
     def close(self):
         self.executor.shutdown()
+        self.thread.join(timeout=5.0)  # no callback may run while the nodes are destroyed
         self.driver.destroy_node()
         self.io.destroy_node()
         rclpy.shutdown(context=self.context)
-        self.thread.join(timeout=5.0)
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ test_driver_node.py and benchmarks/control_loop.py.
 """
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -245,3 +247,11 @@ def test_limits_are_validated():
         SafetyLimits(joint_limit_margin=-0.1)
     with pytest.raises(ValueError):
         ServoLoop(FakeBackend(), rate_hz=500.0)
+
+
+def test_core_imports_without_rclpy():
+    """The filter, the loop and the backends are usable on a machine without ROS."""
+    blocked = "import sys; sys.modules['rclpy'] = None; "  # any `import rclpy` now raises ImportError
+    code = blocked + "import evo1_ros.runtime.servo, evo1_ros.robot.backends; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr
