@@ -36,6 +36,11 @@ class StandInXArmAPI:
     def raise_controller_error(self, code):
         self.error_code, self.mode, self.state = code, 0, 4
 
+    def get_err_warn_code(self):
+        if not self.connected:  # the SDK's shape for a failed read
+            return -1, "xArm is not connect"
+        return 0, [self.error_code, 0]
+
     def clean_error(self):
         self.calls.append("clean_error")
         if not self.connected:

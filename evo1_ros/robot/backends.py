@@ -143,7 +143,13 @@ class XArmSdkBackend(DriverBackend):
 
     def _check(self, code, action: str) -> None:
         if code != 0:
-            raise BackendError(code, f"{action}: {describe_code(code, self.arm.error_code)}")
+            raise BackendError(code, f"{action}: {describe_code(code, self._controller_error())}")
+
+    def _controller_error(self) -> int:
+        """Ask the controller (one round trip, only after a failed call): the real-time report
+        stream that keeps `angles` fresh does not carry the error code."""
+        code, errors = self.arm.get_err_warn_code()  # errors: [error, warning] only when code is 0
+        return errors[0] if code == 0 else self.arm.error_code
 
     def _make_ready(self) -> None:
         """The SDK's bring-up sequence, also the recovery after an error (the arm falls to mode 0,
