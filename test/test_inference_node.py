@@ -116,6 +116,7 @@ class Rig:
 
     def close(self):
         self.executor.shutdown()
+        self.thread.join(timeout=5.0)  # the spin loop may still be handing out a last callback
         self.node.destroy_node()
         self.io.destroy_node()
         rclpy.shutdown(context=self.context)
@@ -245,19 +246,21 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_tiny_evo1_checkpoint_end_to_end(rig_factory, tiny_checkpoint):
     # The node loads the checkpoint itself (no policy injected): 2 of its 3 view slots fed, CPU.
-    # At 10 Hz, re-requesting with 90 % of a chunk left keeps over a second of targets ahead: enough
-    # for the CPU chunks (0.1-0.5 s here) even when other work slows them down severalfold.
-    rate = 10.0
+    # evo1-tiny predicts 16 steps; at 5 Hz that is 3.2 s, and re-requesting with 90 % of it left
+    # tolerates CPU chunks of over a second (0.1-0.3 s here, ~1 s when other work hogs both cores).
+    rate = 5.0
     rig = rig_factory(None, "evo1", checkpoint=tiny_checkpoint, device="cpu", dtype="float32",
                       control_rate_hz=rate, request_threshold=0.9, max_observation_age_ms=1000.0)
     horizon = rig.node.policy.chunk_length
-    deadline = time.time() + 30.0
-    while not rig.received["trajectory"] and time.time() < deadline:
+    # The first chunk pays torch's warm-up (seconds on a busy machine); judge from the third on.
+    deadline = time.time() + 60.0
+    while len(rig.received["path"]) < 3 and time.time() < deadline:
         time.sleep(0.1)
-    assert rig.received["trajectory"], "no trajectory from the tiny checkpoint within 30 s"
+    assert len(rig.received["path"]) >= 3, "fewer than 3 chunks from the tiny checkpoint within 60 s"
+    start = time.time()
     time.sleep(3.0)
     rig.feeding = False
-    trajectories = list(rig.received["trajectory"])
+    trajectories = [m for m in rig.received["trajectory"] if stamp_seconds(m.header.stamp) >= start]
     stamps = np.array([stamp_seconds(m.header.stamp) for m in trajectories])
     latencies = [kv.value for d in rig.received["diagnostics"] for s in d.status for kv in s.values
                  if kv.key == "inference_latency_ms"]
@@ -268,7 +271,7 @@ def test_tiny_evo1_checkpoint_end_to_end(rig_factory, tiny_checkpoint):
     assert (ends[:-1] - stamps[1:] >= 1 / rate).all(), latencies
     positions = np.array([p.positions for m in trajectories for p in m.points])
     assert positions.shape[1] == 7 and np.isfinite(positions).all()
-    assert len(rig.received["path"]) >= 2 and len(rig.received["path"][-1].points) == horizon
+    assert len(rig.received["path"][-1].points) == horizon
     assert trajectories[0].joint_names == NAMES
 
 
