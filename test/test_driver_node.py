@@ -4,6 +4,9 @@ watchdog, latched e-stop, and backend errors reported in diagnostics without tak
 Timing bounds here are generous on purpose (2 loaded CI cores); the exact ones are asserted on a
 manual clock in test_safety.py."""
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,7 +15,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -244,3 +247,32 @@ def test_backend_errors_are_reported_and_recovered_without_crashing(rig_factory)
     first = len(rig.diagnostics)
     assert rig.wait_for(lambda: (d := rig.latest_diagnostic(first)) is not None and "blocked" in d.message, 2.0)
     assert rig.driver.loop.status().fault == ""
+
+
+def test_main_runs_as_a_process_and_exits_cleanly_on_sigint():
+    """`ros2 run evo1_ros xarm6_driver` runs `main`: it comes up, publishes, and stops on Ctrl-C."""
+    command = [sys.executable, "-c", "from evo1_ros.nodes.driver import main; main()",
+               "--ros-args", "-p", "joint_states_topic:=/main_test/joint_states", "-p", "servo_rate_hz:=50.0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("main_test_listener", context=context)
+    received = []
+    node.create_subscription(JointState, "/main_test/joint_states", received.append, 100)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        deadline = time.monotonic() + 20.0
+        while len(received) < 20 and time.monotonic() < deadline and process.poll() is None:
+            executor.spin_once(timeout_sec=0.1)
+        assert len(received) >= 20, process.communicate(timeout=5)[0] if process.poll() is not None else "no joint_states"
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=10)[0]
+        assert process.returncode == 0, output
+        assert "fake backend, servo 50 Hz" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -36,6 +36,7 @@ DIAGNOSTICS_PERIOD_S = 0.5
 PARAMETERS = {  # name: (default, description)
     "backend": ("fake", "fake | xarm_sdk | sim"),
     "robot_ip": ("", "xArm controller address (xarm_sdk)"),
+    "add_gripper": (True, "an xArm gripper is mounted (xarm_sdk; as in xarm_ros2)"),
     "servo_rate_hz": (100.0, "servo command rate, at most 250 Hz (the control box's limit)"),
     "realtime_priority": (50, "SCHED_FIFO priority for the servo thread when the OS allows it; 0 = off"),
     "watchdog_ms": (100.0, "no fresh trajectory for this long -> decelerate and hold"),
@@ -58,7 +59,8 @@ class Xarm6DriverNode(Node):
             self.declare_parameter(key, default, ParameterDescriptor(description=description))
         p = {key: self.get_parameter(key).value for key in PARAMETERS}
 
-        backend_params = {"robot_ip": p["robot_ip"]} if p["backend"] == "xarm_sdk" else {}
+        sdk_params = {"robot_ip": p["robot_ip"], "use_gripper": p["add_gripper"]}
+        backend_params = sdk_params if p["backend"] == "xarm_sdk" else {}
         limits = SafetyLimits(
             joint_limit_margin=p["joint_limit_margin"], max_velocity=p["max_velocity"],
             max_acceleration=p["max_acceleration"], gripper_max_velocity=p["gripper_max_velocity"],
