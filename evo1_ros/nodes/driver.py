@@ -8,6 +8,9 @@ Topics: `trajectory_topic` (trajectory_msgs/JointTrajectory, joint1..joint6 [+ d
 new trajectory replaces the current one; header.stamp 0 means "now"), `joint_states_topic`
 (sensor_msgs/JointState, joint1..joint6 + drive_joint), /diagnostics. Services (std_srvs/Trigger):
 `~/emergency_stop` (latches), `~/reset` (releases it), `~/recover` (clears a backend error).
+The emergency stop brakes at `max_acceleration` to rest and holds there, with the arm still
+enabled so `~/reset` resumes at once: a software stop, not a replacement for the control box's
+E-stop button. A backend error, by contrast, stops the arm through the controller (SDK state 4).
 """
 
 from __future__ import annotations

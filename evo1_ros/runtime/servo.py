@@ -225,6 +225,9 @@ class ServoLoop:
         if self._filter.estopped:  # latched after this trajectory was checked
             self._rejected = "emergency stop is latched; call reset first"
             return
+        if self._fault or not self._connected:
+            self._rejected = "the backend has an error; call recover first"
+            return
         self._filter.feed_watchdog(arrival)
         # A trajectory that starts in the future is joined from where the old one's target was at
         # the last command (or from the command itself when there was none), at that command's
