@@ -171,7 +171,8 @@ def test_trajectory_without_gripper_keeps_the_gripper_and_bad_ones_are_refused(r
     rig.trajectory_pub.publish(msg)
     rig.publish(np.full(7, np.inf))
     assert rig.wait_for(lambda: "NaN or inf" in rig.driver.loop.status().rejected, 2.0)
-    assert rig.wait_for(lambda: len(rig.joint_states) > 0 and rig.thread.is_alive(), 1.0)
+    published = len(rig.joint_states)  # and the node carries on
+    assert rig.wait_for(lambda: len(rig.joint_states) > published + 10, 2.0)
 
 
 def test_watchdog_brings_the_arm_to_rest_after_the_last_trajectory(rig_factory):
