@@ -55,7 +55,8 @@ STRING_TYPE = "std_msgs/msg/String"
 
 
 def camera_topic(name: str) -> str:
-    return f"/cameras/{name}/color/image_raw"
+    """realsense2_camera naming with namespace `camera`, as the camera and sim nodes publish."""
+    return f"/camera/{name}/color/image_raw"
 
 
 class BagMessage(NamedTuple):

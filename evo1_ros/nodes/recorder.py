@@ -5,7 +5,7 @@ serialized messages and, while an episode is active, writes them as they arrive 
 this node's clock, so sim time under `use_sim_time`).
 
 Services (std_srvs/Trigger): ~/start, ~/stop_success, ~/stop_fail, ~/discard.
-Parameters: output_dir, cameras (names; topic /cameras/<name>/color/image_raw), joint_states_topic,
+Parameters: output_dir, cameras (names; topic /camera/<name>/color/image_raw), joint_states_topic,
 command_topic, instruction_topic, storage (mcap | sqlite3), flush_period (s), robot; read at
 ~/start: instruction, operator_note.
 """
