@@ -3,6 +3,13 @@
 The control timer owns the plan (`ChunkScheduler`) and publishes the upcoming targets every tick;
 the policy runs on a worker thread, so a slow chunk never delays a tick. Subscriptions only
 validate and store the latest message; decoding happens on the worker.
+
+Topics in: `camera_topics` (sensor_msgs/Image rgb8/bgr8, one per view slot), `joint_state_topic`
+(sensor_msgs/JointState), `~/instruction` (std_msgs/String). Out: `trajectory_topic`
+(trajectory_msgs/JointTrajectory: header.stamp = tick time, every planned step ahead; or
+FollowJointTrajectory goals, one per new chunk), `~/predicted_joint_states` (JointState, the
+newest chunk's final pose: a ghost arm), `~/predicted_path` (Marker LINE_STRIP of its TCP path in
+link_base), /diagnostics. Services (std_srvs/Trigger): `~/pause`, `~/resume`.
 """
 
 from __future__ import annotations
