@@ -1,10 +1,21 @@
 """evo1_ros: ament_python package (colcon build) that also installs with `pip install -e .`."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "evo1_ros"
+
+
+def tree(top: str) -> list[tuple[str, list[str]]]:
+    """data_files entries installing every file under `top` into share/<package>/<top>/..."""
+    return [
+        (os.path.join("share", PACKAGE, root), [os.path.join(root, f) for f in files])
+        for root, _, files in os.walk(top)
+        if files
+    ]
+
 
 ROS_WHEELS = [
     # The PyPI builds of ROS 2 Jazzy, for machines without a ROS install. On a real ROS 2 install
@@ -37,7 +48,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*")),
-        (f"share/{PACKAGE}/models", glob("models/*.md")),
+        *tree("models"),
     ],
     install_requires=[
         "numpy>=1.24",
