@@ -11,6 +11,7 @@ from evo1_ros import cli
 from evo1_ros.data.convert import NAMES, norm_stats, write_episode
 from evo1_ros.model.build import build_model
 from evo1_ros.model.checkpoint import load_checkpoint
+from evo1_ros.model.processor import Evo1Processor
 from evo1_ros.train.augment import augment
 from evo1_ros.train.data import Collate, model_inputs, open_datasets
 
@@ -129,8 +130,6 @@ def test_augmentation_keeps_shape_and_dtype_is_seeded_and_identity_at_p0():
 
 def test_batches_map_cameras_to_slots_and_mask_the_rest(data):
     model, tokenizer = build_model("evo1-tiny", seed=0)
-    from evo1_ros.model.processor import Evo1Processor
-
     dataset, normalizer = open_datasets([data], model.config)
     batch = Collate(Evo1Processor(model.config, tokenizer, normalizer))([dataset[i] for i in (0, 11)])
     assert batch["view_mask"].tolist() == [[True, True, False]] * 2
