@@ -17,6 +17,7 @@ COMMANDS = {
     "convert": ("evo1_ros.data.convert", "turn recorded episode bags into a training dataset"),
     "init": ("evo1_ros.model.init_cmd", "write a fresh checkpoint (random head, optional InternVL3-1B-hf backbone)"),
     "import": ("evo1_ros.model.import_cmd", "convert a reference or LeRobot Evo-1 checkpoint to ours"),
+    "launch": ("evo1_ros.launch_graph", "run a launch file's node graph in one process (no ros2 launch needed)"),
     "train": ("evo1_ros.train.train_cmd", "fine-tune Evo-1 on evo1 datasets in two stages (torchrun for multi-GPU)"),
     "export-onnx": ("evo1_ros.runtime.export_cmd", "export a checkpoint's action head to ONNX for onnxruntime"),
 }

@@ -1,0 +1,295 @@
+"""`evo1-ros launch`: the xarm6_inference node graph, described once for two launchers.
+
+`xarm6_inference(arguments)` turns launch arguments (strings, as `name:=value` gives them) into the
+processes to start: executable, and per node its name, class and parameter overrides. Every node
+loads the params file (config/evo1.yaml) first and its overrides on top.
+
+- `launch/xarm6_inference.launch.py` maps each process onto a launch_ros `Node` (`ros2 launch`).
+- `evo1-ros launch xarm6_inference [name:=value ...]` (`run` below) builds the same node classes
+  in this one process on a MultiThreadedExecutor, for machines without `ros2 launch` (PyPI has no
+  `launch`). robot_state_publisher and rviz2 are C++ programs of a ROS install: it skips them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+PACKAGE = "evo1_ros"
+
+ARGUMENTS = {  # name: (default, description); an empty value keeps the params file's setting
+    "robot_ip": ("", "xArm controller address; empty (without use_sim) = dry run on the fake backend"),
+    "use_sim": ("false", "the MuJoCo sim (sim_node) stands in for the arm and the cameras"),
+    "checkpoint": ("", "Evo-1 checkpoint directory (empty: the params file's)"),
+    "instruction": ("", "language instruction (empty: the params file's)"),
+    "cameras": ("", "camera names in policy view-slot order, each optionally name:serial, e.g. "
+                    "base:_123456789012,wrist:_234567890123 (empty: the params file's)"),
+    "control_rate": ("", "inference control rate in Hz (empty: the params file's)"),
+    "rviz": ("false", "start robot_state_publisher (robot and ghost arm) and rviz2"),
+    "params_file": ("", "ROS 2 parameters file (empty: the package's config/evo1.yaml)"),
+}
+
+INFERENCE = "evo1_ros.nodes.inference:InferenceNode"
+DRIVER = "evo1_ros.nodes.driver:Xarm6DriverNode"
+CAMERA = "evo1_ros.nodes.camera:CameraNode"
+SIM = "evo1_ros.nodes.sim:SimNode"
+GHOST_PREFIX = "ghost/"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str  # the node's name, also its section in the params file
+    plugin: str  # "module:Class" that `evo1-ros launch` builds; "" = a ROS install's program
+    parameters: dict = field(default_factory=dict)  # on top of the params file
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    executable: str
+    nodes: tuple[NodeSpec, ...]
+    package: str = PACKAGE
+    remappings: tuple[tuple[str, str], ...] = ()
+    arguments: tuple[str, ...] = ()
+
+    def parameter_files(self, params_file: str, directory: str | Path) -> list[str]:
+        """The params file, then one written to `directory` with this process's overrides."""
+        sections = {node.name: {"ros__parameters": node.parameters} for node in self.nodes if node.parameters}
+        if not sections:
+            return [params_file]
+        path = Path(directory) / f"{self.nodes[0].name}_overrides.yaml"
+        path.write_text(yaml.safe_dump(sections))
+        return [params_file, str(path)]
+
+
+@dataclass(frozen=True)
+class Graph:
+    params_file: str
+    processes: tuple[ProcessSpec, ...]
+    notes: tuple[str, ...]  # what the launcher should tell the user
+
+    def find(self, name: str) -> NodeSpec:
+        return next(node for process in self.processes for node in process.nodes if node.name == name)
+
+
+def share_directory() -> Path:
+    """The package's share directory: installed (ament index, or pip's data_files), else the checkout."""
+    candidates = [Path(__file__).resolve().parent.parent, Path(sys.prefix) / "share" / PACKAGE]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.insert(0, Path(get_package_share_directory(PACKAGE)))
+    except (ImportError, LookupError, OSError):  # no ROS install, or this package is not in its index
+        pass
+    return next((path for path in candidates if (path / "config" / "evo1.yaml").is_file()), candidates[-1])
+
+
+def parse_arguments(items: list[str]) -> dict[str, str]:
+    """`name:=value` strings -> {name: value}, as `ros2 launch` takes them."""
+    values = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or name not in ARGUMENTS:
+            raise ValueError(f"expected name:=value with name one of {', '.join(ARGUMENTS)}; got {item!r}")
+        values[name] = value
+    return values
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"{name}:={value}: expected true or false")
+    return value.lower() in ("true", "1")
+
+
+def _section(params: dict, node: str) -> dict:
+    return (params.get(node) or params.get(f"/{node}") or {}).get("ros__parameters", {})
+
+
+def xarm6_inference(arguments: dict[str, str]) -> Graph:
+    """The processes of xarm6_inference.launch.py for these launch arguments (unset ones take defaults)."""
+    args = {name: default for name, (default, _) in ARGUMENTS.items()}
+    args.update(arguments)
+    params_file = args["params_file"] or str(share_directory() / "config" / "evo1.yaml")
+    params = yaml.safe_load(Path(params_file).read_text()) or {}
+    use_sim, rviz = _flag("use_sim", args["use_sim"]), _flag("rviz", args["rviz"])
+    notes = []
+
+    camera_params = _section(params, "evo1_camera")
+    entries = [entry.split(":", 1) for entry in args["cameras"].split(",") if entry]
+    names = [entry[0] for entry in entries] or list(camera_params.get("names", ["base", "wrist"]))
+    serials = [entry[1] for entry in entries if len(entry) == 2]
+    if serials and len(serials) != len(entries):
+        raise ValueError(f"cameras:={args['cameras']}: give a serial for every camera or for none")
+    namespace = _section(params, "evo1_sim" if use_sim else "evo1_camera").get("camera_namespace", "camera")
+    # realsense2_camera's naming, which the camera and sim nodes follow: /<namespace>/<name>/color/image_raw
+    topics = [f"/{namespace}/{name}/color/image_raw" if namespace else f"/{name}/color/image_raw" for name in names]
+
+    inference = {"camera_topics": topics}
+    for name in ("checkpoint", "instruction"):
+        if args[name]:
+            inference[name] = args[name]
+    if args["control_rate"]:
+        try:
+            inference["control_rate_hz"] = float(args["control_rate"])
+        except ValueError:
+            raise ValueError(f"control_rate:={args['control_rate']}: expected a number (Hz)") from None
+
+    processes = []
+    if use_sim:
+        from evo1_ros.sim.mjcf import CAMERAS  # plain Python: MuJoCo itself is not imported here
+
+        if unknown := [name for name in names if name not in CAMERAS]:
+            raise ValueError(f"the sim has cameras {list(CAMERAS)}; cameras {unknown} do not exist there")
+        # sim_node runs the driver beside the sim, sharing its world: one process, two nodes.
+        processes.append(ProcessSpec("sim_node", (NodeSpec("evo1_sim", SIM),
+                                                  NodeSpec("xarm6_driver", DRIVER, {"backend": "sim"}))))
+    else:
+        if serials or camera_params.get("serials"):
+            camera = {"names": names, **({"serials": serials} if serials else {})}
+            processes.append(ProcessSpec("camera_node", (NodeSpec("evo1_camera", CAMERA, camera),)))
+        else:
+            notes.append(f"no camera serials (cameras:=name:serial,... or evo1_camera.serials in {params_file}): "
+                         f"not starting the camera node; expecting images on {topics} from elsewhere "
+                         "(e.g. realsense2_camera)")
+        robot_ip = args["robot_ip"] or _section(params, "xarm6_driver").get("robot_ip", "")
+        if _section(params, "evo1_inference").get("use_follow_joint_trajectory", False):
+            # Two programs commanding one arm would fight: xarm_ros2 (launched by the user) drives it.
+            notes.append("use_follow_joint_trajectory: xarm_ros2's controller drives the arm; "
+                         "not starting xarm6_driver")
+        else:
+            if not robot_ip:
+                notes.append("no robot_ip: dry run on the fake backend (a kinematic arm; nothing real moves)")
+            driver = {"backend": "xarm_sdk", "robot_ip": robot_ip} if robot_ip else {"backend": "fake"}
+            processes.append(ProcessSpec("xarm6_driver", (NodeSpec("xarm6_driver", DRIVER, driver),)))
+    processes.append(ProcessSpec("inference_node", (NodeSpec("evo1_inference", INFERENCE, inference),)))
+
+    if rviz:
+        from evo1_ros.robot.description import xarm6_urdf
+
+        joint_states = _section(params, "xarm6_driver").get("joint_states_topic", "/joint_states")
+        processes += [
+            ProcessSpec("robot_state_publisher",
+                        (NodeSpec("robot_state_publisher", "", {"robot_description": xarm6_urdf()}),),
+                        package="robot_state_publisher", remappings=(("joint_states", joint_states),)),
+            # The ghost arm: the predicted chunk's final pose, as a translucent second robot in rviz.
+            ProcessSpec("robot_state_publisher",
+                        (NodeSpec("ghost_state_publisher", "",
+                                  {"robot_description": xarm6_urdf(GHOST_PREFIX, "0.2 0.8 0.3 1")}),),
+                        package="robot_state_publisher",
+                        remappings=(("joint_states", "/evo1_inference/predicted_joint_states"),
+                                    ("robot_description", f"/{GHOST_PREFIX}robot_description"))),
+            ProcessSpec("rviz2", (NodeSpec("rviz2", ""),), package="rviz2",
+                        arguments=("-d", str(share_directory() / "config" / "evo1.rviz"))),
+        ]
+    return Graph(params_file, tuple(processes), tuple(notes))
+
+
+GRAPHS = {"xarm6_inference": xarm6_inference}
+
+
+# --- `evo1-ros launch`: the graph in one process ------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", choices=sorted(GRAPHS), help="which graph (as launch/<graph>.launch.py)")
+    parser.add_argument("arguments", nargs="*", metavar="name:=value",
+                        help="; ".join(f"{name} ({default or 'empty'}): {text}"
+                                       for name, (default, text) in ARGUMENTS.items()))
+    parser.add_argument("-p", "--print", action="store_true",
+                        help="print the processes and nodes, start nothing (give it before the graph name)")
+
+
+def in_process(process: ProcessSpec) -> bool:
+    """Whether `evo1-ros launch` can build this process's nodes (not a ROS install's C++ program)."""
+    return all(node.plugin for node in process.nodes)
+
+
+def create_nodes(graph: Graph, node_kwargs: Callable[[NodeSpec, dict], dict] | None = None) -> dict:
+    """Build the graph's nodes in this process, in order, each on the params file + its overrides
+    (rclpy must be initialised). `node_kwargs(spec, built_so_far)` adds constructor arguments
+    (context, a policy object, ...). On a failure the nodes built so far are destroyed and a
+    RuntimeError names the node that failed."""
+    import tempfile
+
+    built = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="evo1_ros_launch_") as tmp:
+            for process in filter(in_process, graph.processes):
+                cli_args = ["--ros-args"]
+                for params_file in process.parameter_files(graph.params_file, tmp):
+                    cli_args += ["--params-file", params_file]
+                for source, target in process.remappings:
+                    cli_args += ["-r", f"{source}:={target}"]
+                for spec in process.nodes:
+                    module, cls = spec.plugin.split(":")
+                    kwargs = node_kwargs(spec, built) if node_kwargs else {}
+                    try:
+                        node = getattr(importlib.import_module(module), cls)(
+                            cli_args=cli_args + ["-r", f"__node:={spec.name}"], **kwargs)
+                    except Exception as e:  # a missing checkpoint or camera: say which node
+                        raise RuntimeError(f"{spec.name} failed to start: {type(e).__name__}: {e}") from e
+                    built[spec.name] = node
+    except BaseException:
+        for node in reversed(built.values()):
+            node.destroy_node()
+        raise
+    if "evo1_sim" in built and "xarm6_driver" in built:
+        # as sim_node's main does: after an episode reset the driver restarts from the arm's new pose
+        built["evo1_sim"].on_reset = built["xarm6_driver"].loop.recover
+    return built
+
+
+def run(args) -> int:
+    try:
+        graph = GRAPHS[args.graph](parse_arguments(args.arguments))
+    except (ValueError, OSError) as e:
+        print(f"evo1-ros launch: {e}", file=sys.stderr)
+        return 2
+    notes = list(graph.notes) + [f"skipping {p.package}/{p.executable}: it needs a ROS 2 install (there, use "
+                                 "ros2 launch)" for p in graph.processes if not in_process(p)]
+    for note in notes:
+        print(f"evo1-ros launch: {note}", file=sys.stderr)
+    if args.print:
+        for process in graph.processes:
+            for node in process.nodes:
+                print(f"{process.package}/{process.executable}: {node.name} {node.plugin or '(ROS install)'} "
+                      f"{ {k: v for k, v in node.parameters.items() if k != 'robot_description'} }")
+        return 0
+
+    import signal
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    # Ctrl-C (and SIGTERM) raise KeyboardInterrupt here instead of shutting rclpy down under the
+    # executor: the nodes are destroyed first, while the driver can still command and report the stop.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    nodes = {}
+    try:
+        try:
+            nodes = create_nodes(graph)
+        except RuntimeError as e:
+            print(f"evo1-ros launch: {e}", file=sys.stderr)
+            return 1
+        # A thread per node's timers, plus one so the inference control timer never waits behind images.
+        executor = MultiThreadedExecutor(num_threads=len(nodes) + 2)
+        for node in nodes.values():
+            executor.add_node(node)
+        executor.spin()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # A second Ctrl-C must not cut the driver's stop short. Reverse order: inference stops
+        # sending before the driver halts the arm and lets go.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for node in reversed(nodes.values()):
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,44 @@
+"""Evo-1 on an xArm6: cameras (or the MuJoCo sim), inference, driver, and rviz when asked.
+
+    ros2 launch evo1_ros xarm6_inference.launch.py robot_ip:=192.168.1.xxx checkpoint:=/path/to/ckpt \
+        cameras:=base:_123456789012,wrist:_234567890123 instruction:="put the can in the box" rviz:=true
+    ros2 launch evo1_ros xarm6_inference.launch.py use_sim:=true checkpoint:=/path/to/ckpt
+
+Which nodes start with which parameters is decided in `evo1_ros.launch_graph`, which
+`evo1-ros launch xarm6_inference name:=value ...` runs in one process on machines without ROS 2 launch.
+"""
+
+import tempfile
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from evo1_ros import launch_graph
+
+
+def start_nodes(context):
+    values = {name: LaunchConfiguration(name).perform(context) for name in launch_graph.ARGUMENTS}
+    graph = launch_graph.xarm6_inference(values)
+    overrides = tempfile.mkdtemp(prefix="evo1_ros_launch_")  # launch_ros keeps its own param files the same way
+    actions = [LogInfo(msg=note) for note in graph.notes]
+    for process in graph.processes:
+        actions.append(Node(
+            package=process.package,
+            executable=process.executable,
+            # A name would rename every node of a multi-node process (sim_node); those keep their own.
+            name=process.nodes[0].name if len(process.nodes) == 1 else None,
+            parameters=process.parameter_files(graph.params_file, overrides),
+            remappings=list(process.remappings),
+            arguments=list(process.arguments),
+            output="screen",
+        ))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=text)
+         for name, (default, text) in launch_graph.ARGUMENTS.items()]
+        + [OpaqueFunction(function=start_nodes)])
