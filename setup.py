@@ -57,6 +57,7 @@ setup(
         "tokenizers>=0.19",
         "safetensors>=0.4",
         "pyyaml>=6",
+        "tqdm>=4.60",
     ],
     extras_require={
         "ros": ROS_WHEELS,

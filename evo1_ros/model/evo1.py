@@ -229,7 +229,10 @@ class Evo1(nn.Module):
         b, dtype, device = actions.shape[0], context.dtype, context.device
         mask = action_mask.to(dtype)
         tau = beta22(b, generator).clamp(0.02, 0.98).to(device=device, dtype=dtype)
-        noise = (torch.rand(actions.shape, generator=generator, device=device, dtype=dtype) * 2 - 1) * mask
+        # Draw where the generator lives (a seeded CPU generator may drive a CUDA model).
+        draw_device = generator.device if generator is not None else device
+        noise = torch.rand(actions.shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+        noise = (noise * 2 - 1) * mask
         target = actions.to(dtype) * mask
         x_tau = (1 - tau.view(b, 1, 1)) * noise + tau.view(b, 1, 1) * target
         time_emb = self.head.time_table[(tau * (TIME_TABLE_ROWS - 1)).long().clamp(0, TIME_TABLE_ROWS - 1)]
@@ -254,7 +257,8 @@ class Evo1(nn.Module):
         b, dtype, device = context.shape[0], context.dtype, context.device
         shape = (b, self.config.chunk_length, self.config.max_action_dim)
         if noise is None:
-            noise = torch.rand(shape, generator=generator, device=device, dtype=dtype) * 2 - 1
+            draw_device = generator.device if generator is not None else device
+            noise = torch.rand(shape, generator=generator, device=draw_device, dtype=dtype).to(device) * 2 - 1
         mask = action_mask.to(device=device, dtype=dtype).unsqueeze(1)
         return self.denoise(kv, key_mask, noise.to(device=device, dtype=dtype), mask, num_steps)
 
