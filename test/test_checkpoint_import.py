@@ -104,7 +104,9 @@ def write_reference(path, model, mutate=None):
     if mutate:
         mutate(state)
     torch.save({"module": state, "global_steps": 100}, path / "mp_rank_00_model_states.pt")
-    (path / "config.json").write_text(json.dumps({"num_inference_timesteps": 32, "horizon": 16}))
+    (path / "config.json").write_text(
+        json.dumps({"num_inference_timesteps": 32, "horizon": 16, "num_heads": model.config.head_heads})
+    )
     xarm6_normalizer().save(path / "norm_stats.json")
     return path
 
@@ -118,6 +120,7 @@ def write_lerobot(path, model, mutate=None):
     save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
     cfg = {"type": "evo1", "chunk_size": 16, "max_state_dim": 24, "max_action_dim": 24, "max_views": 3,
            "vlm_num_layers": model.config.num_llm_layers, "num_inference_timesteps": 32, "num_categories": 1,
+           "num_heads": model.config.head_heads, "image_resolution": model.config.vlm["vision_config"]["image_size"],
            "max_text_length": model.config.max_text_length}
     (path / "config.json").write_text(json.dumps(cfg))
     return path
@@ -144,6 +147,18 @@ def test_lerobot_checkpoint_imports_every_weight(source, tmp_path):
     imported, _ = import_lerobot(write_lerobot(tmp_path / "lr", model), tok_dir, vlm=model.config.vlm)
     assert_same_weights(model, imported)
     assert imported.config.context_padding == "mask"
+    assert imported.config.head_heads == model.config.head_heads  # 4 in evo1-tiny, not the default 8
+
+
+def test_lerobot_head_count_comes_from_its_config(source, tmp_path):
+    """Head count cannot be read off weight shapes: a wrong one would load and compute garbage."""
+    model, tok_dir = source
+    path = write_lerobot(tmp_path / "lr", model)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["return_cls_only"] = True
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="return_cls_only"):
+        import_lerobot(path, tok_dir, vlm=model.config.vlm)
 
 
 def test_packed_attention_computes_what_nn_multiheadattention_computes(source):

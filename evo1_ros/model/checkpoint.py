@@ -259,6 +259,7 @@ def import_reference(
         context_padding="reference",
         state_pad_value=-1.0,
         num_steps=int(ref_config.get("num_inference_timesteps", 32)),
+        head_heads=int(ref_config.get("num_heads", 8)),  # not recoverable from weight shapes
         **_head_shapes(head_sd, str(weights)),
     )
 
@@ -286,6 +287,8 @@ def import_lerobot(
         raise CheckpointError(f"{path}: config type {lr_config.get('type')!r} is not an Evo-1 policy")
     if int(lr_config.get("num_categories", 1)) != 1:
         raise CheckpointError(f"{path}: multi-embodiment heads (num_categories > 1) are not supported")
+    if lr_config.get("return_cls_only"):
+        raise CheckpointError(f"{path}: return_cls_only heads (one pooled VLM token) are not supported")
     state = load_file(str(path / WEIGHTS))
     vlm_sd = _strip(state, "model.embedder.model.")
     head_sd = _strip(state, "model.action_head.")
@@ -296,8 +299,13 @@ def import_lerobot(
     if vlm["text_config"]["num_hidden_layers"] != layers:
         raise CheckpointError(f"{path}: vlm_num_layers={layers} but the given VLM config has "
                               f"{vlm['text_config']['num_hidden_layers']} LM layers")
+    resolution = lr_config.get("image_resolution", vlm["vision_config"]["image_size"])
+    if list(resolution)[:1] != list(vlm["vision_config"]["image_size"])[:1]:
+        raise CheckpointError(f"{path}: image_resolution {resolution} differs from the VLM's "
+                              f"{vlm['vision_config']['image_size']}")
     cfg = Evo1Config(
         vlm=vlm,
+        head_heads=int(lr_config.get("num_heads", 8)),  # not recoverable from weight shapes
         max_views=int(lr_config.get("max_views", 3)),
         num_steps=int(lr_config.get("num_inference_timesteps", 32)),
         max_text_length=int(lr_config.get("max_text_length", 1024)),
