@@ -147,11 +147,12 @@ def test_lerobot_checkpoint_imports_every_weight(source, tmp_path):
     imported, _ = import_lerobot(write_lerobot(tmp_path / "lr", model), tok_dir, vlm=model.config.vlm)
     assert_same_weights(model, imported)
     assert imported.config.context_padding == "mask"
+    # The head count cannot be read off weight shapes; it must come from LeRobot's config.json.
     assert imported.config.head_heads == model.config.head_heads  # 4 in evo1-tiny, not the default 8
 
 
-def test_lerobot_head_count_comes_from_its_config(source, tmp_path):
-    """Head count cannot be read off weight shapes: a wrong one would load and compute garbage."""
+def test_lerobot_pooled_token_heads_are_refused(source, tmp_path):
+    """return_cls_only feeds the head one pooled token: loading it would compute garbage."""
     model, tok_dir = source
     path = write_lerobot(tmp_path / "lr", model)
     cfg = json.loads((path / "config.json").read_text())
