@@ -197,9 +197,10 @@ GRAPHS = {"xarm6_inference": xarm6_inference}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("graph", choices=sorted(GRAPHS), help="which graph (as launch/<graph>.launch.py)")
-    parser.add_argument("arguments", nargs="*", metavar="name:=value",
-                        help="; ".join(f"{name} ({default or 'empty'}): {text}"
-                                       for name, (default, text) in ARGUMENTS.items()))
+    parser.add_argument("arguments", nargs="*", metavar="name:=value", help="launch arguments (below)")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "launch arguments (default):\n" + "\n".join(
+        f"  {name} ({default!r}): {text}" for name, (default, text) in ARGUMENTS.items())
     parser.add_argument("-p", "--print", action="store_true",
                         help="print the processes and nodes, start nothing (give it before the graph name)")
 

@@ -165,3 +165,28 @@ def test_rviz_config_shows_the_graphs_topics():
     assert path["Topic"]["Value"] == "/evo1_inference/predicted_path"
     source = (REPO / "evo1_ros" / "nodes" / "inference.py").read_text()
     assert '"~/predicted_path"' in source and '"~/predicted_joint_states"' in source
+
+
+def test_overrides_reach_a_node_through_rcl(tmp_path):
+    """The URDF and typed overrides survive the YAML round trip into a node's parameters."""
+    rclpy = pytest.importorskip("rclpy")
+    from evo1_ros.robot.description import xarm6_urdf
+
+    graph = xarm6_inference({"rviz": "true", "control_rate": "12"})
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        for name, expected in [("robot_state_publisher", {"robot_description": xarm6_urdf()}),
+                               ("evo1_inference", {"control_rate_hz": 12.0, "instruction": "put the can in the box"})]:
+            (process,) = [p for p in graph.processes if p.nodes[0].name == name]
+            args = ["--ros-args", "-r", f"__node:={name}"]
+            for path in process.parameter_files(graph.params_file, tmp_path):
+                args += ["--params-file", path]
+            node = rclpy.create_node("probe", context=context, cli_args=args)
+            try:
+                for key, value in expected.items():
+                    assert node.declare_parameter(key, type(value)()).value == value
+            finally:
+                node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

@@ -19,13 +19,16 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from evo1_ros import cli  # noqa: E402
 from evo1_ros.nodes.messages import array_to_image  # noqa: E402
+from evo1_ros.launch_graph import xarm6_inference  # noqa: E402
+from evo1_ros.robot.description import xarm6_urdf  # noqa: E402
 from evo1_ros.robot.xarm6 import JOINT_NAMES  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -77,7 +80,39 @@ def ros2_prefix(directory: Path) -> Path:
         script = lib / entry.name
         script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
         script.chmod(0o755)
+    # Stand-ins for the ROS install's C++ programs that rviz:=true starts: robot_state_publisher
+    # publishes the URDF it was given (latched, like the real one); rviz2 notes its arguments.
+    stand_ins = {"robot_state_publisher": ROBOT_STATE_PUBLISHER, "rviz2": RVIZ2}
+    for package, source in stand_ins.items():
+        (index / package).touch()
+        (prefix / "lib" / package).mkdir()
+        script = prefix / "lib" / package / package
+        script.write_text(f"#!{sys.executable}\n{source}")
+        script.chmod(0o755)
     return prefix
+
+
+ROBOT_STATE_PUBLISHER = """
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from std_msgs.msg import String
+
+rclpy.init()
+node = rclpy.create_node("robot_state_publisher")
+latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+publisher = node.create_publisher(String, "robot_description", latched)
+publisher.publish(String(data=node.declare_parameter("robot_description", "").value))
+try:
+    rclpy.spin(node)
+except (KeyboardInterrupt, ExternalShutdownException):
+    pass
+"""
+RVIZ2 = """
+import os, signal, sys
+open(os.environ["RVIZ2_ARGV"], "w").write("\\n".join(sys.argv[1:]))
+signal.sigwait([signal.SIGINT, signal.SIGTERM])
+"""
 
 
 class Probe:
@@ -87,8 +122,11 @@ class Probe:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("launch_probe", context=self.context)
-        self.got = {"trajectory": [], "joints": [], "path": [], "image": []}
+        self.got = {"trajectory": [], "joints": [], "path": [], "image": [], "urdf": [], "ghost_urdf": []}
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         for key, typ, topic, qos in [
+            ("urdf", String, "/robot_description", latched),
+            ("ghost_urdf", String, "/ghost/robot_description", latched),
             ("trajectory", JointTrajectory, f"/{TAG}/trajectory", 10),
             ("joints", JointState, f"/{TAG}/joint_states", 10),
             ("path", Marker, "/evo1_inference/predicted_path", 10),
@@ -144,7 +182,10 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
     env = dict(os.environ)
     command = launch_command(launcher, tmp_path, env)  # skips first when there is no ros2 launch
     checkpoint = request.getfixturevalue("checkpoint")
-    command += [
+    # under ros2 launch, rviz:=true too (with stand-ins for robot_state_publisher and rviz2)
+    rviz = launcher == "ros2" and use_sim == "false"
+    env["RVIZ2_ARGV"] = str(tmp_path / "rviz2_argv")
+    command += [f"rviz:={str(rviz).lower()}", 
         f"use_sim:={use_sim}", f"checkpoint:={checkpoint}", "instruction:=put the can in the box",
         "control_rate:=1", f"params_file:={params_file(tmp_path)}", "cameras:=base,wrist"]
     probe = Probe(feed_images=use_sim == "false")
@@ -153,12 +194,20 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
     reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
     reader.start()
     try:
-        expected = {"trajectory": 2, "joints": 10, "path": 1} | ({"image": 2} if use_sim == "true" else {})
+        expected = {"trajectory": 2, "joints": 10, "path": 1} | ({"image": 2} if use_sim == "true" else {}) | (
+            {"urdf": 1, "ghost_urdf": 1} if rviz else {})
         running = probe.wait(expected, STARTUP_S, process)
         counts = {key: len(value) for key, value in probe.got.items()}
         assert running, f"{counts}\n{''.join(output)[-4000:]}"
         trajectory = probe.got["trajectory"][-1]
         assert list(trajectory.joint_names)[:6] == list(JOINT_NAMES) and trajectory.points
+        if rviz:
+            assert probe.got["urdf"][0].data == xarm6_urdf()
+            ghost = xarm6_inference({"rviz": "true"}).find("ghost_state_publisher")
+            assert probe.got["ghost_urdf"][0].data == ghost.parameters["robot_description"]
+            argv = Path(env["RVIZ2_ARGV"]).read_text().split("\n")
+            assert argv[:2] == ["-d", str(Path(env["AMENT_PREFIX_PATH"].split(os.pathsep)[0]) / "share" / "evo1_ros"
+                                          / "config" / "evo1.rviz")]
     finally:
         process.send_signal(signal.SIGINT)  # ros2 launch passes it on to every node process
         try:
@@ -173,6 +222,7 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
     if launcher == "evo1-ros":
         assert "Traceback" not in log, log[-4000:]
     else:  # each node process's own main handles the SIGINT that ros2 launch passes on
-        for executable in (["sim_node"] if use_sim == "true" else ["xarm6_driver"]) + ["inference_node"]:
+        executables = ["sim_node"] if use_sim == "true" else ["xarm6_driver", "robot_state_publisher", "rviz2"]
+        for executable in executables + ["inference_node"]:
             assert re.search(rf"\[{executable}-\d+\]: process has finished cleanly", log), log[-4000:]
         assert "process has died" not in log, log[-4000:]
