@@ -40,7 +40,10 @@ def pose(robot, link, q):
         motion = np.eye(4)
         if joint.get("type") == "revolute":
             axis = [float(v) for v in joint.find("axis").get("xyz").split()]
-            motion = transform(rotation_matrix=rotation(axis, q.get(joint.get("name"), 0.0)))
+            mimic = joint.find("mimic")
+            angle = q.get(joint.get("name"), 0.0) if mimic is None else (
+                float(mimic.get("multiplier")) * q.get(mimic.get("joint"), 0.0) + float(mimic.get("offset")))
+            motion = transform(rotation_matrix=rotation(axis, angle))
         chain = origin(joint) @ motion @ chain
         link = joint.find("parent").get("link")
     return chain
@@ -91,3 +94,12 @@ def test_ghost_hangs_off_the_real_base():
     assert {j.get("name") for j in ghost.iter("joint")} >= set(xarm6.JOINT_NAMES) | {xarm6.GRIPPER_JOINT}
     q = dict(zip(xarm6.JOINT_NAMES, xarm6.HOME))
     np.testing.assert_allclose(pose(ghost, "ghost/link_tcp", q), xarm6.forward_kinematics(xarm6.HOME).tcp, atol=1e-8)
+
+
+def test_gripper_closes_as_drive_joint_rises(robot):
+    def gap(drive):
+        q = {xarm6.GRIPPER_JOINT: drive}
+        tip = np.array([0, 0, 0.06, 1.0])  # the fingertips, in each finger's frame
+        return np.linalg.norm(pose(robot, "left_finger", q) @ tip - pose(robot, "right_finger", q) @ tip)
+
+    assert gap(xarm6.GRIPPER_OPEN) > gap(xarm6.GRIPPER_CLOSED / 2) > gap(xarm6.GRIPPER_CLOSED)

@@ -91,11 +91,12 @@ def xarm6_urdf(prefix: str = "", color: str = "0.85 0.85 0.85 1") -> str:
         _joint("gripper_fix", "fixed", prefix + "link_eef", prefix + "xarm_gripper_base_link", _origin((0, 0, 0))),
         _link(prefix + "left_finger", [finger_shape], color),
         _link(prefix + "right_finger", [finger_shape], color),
-        # The fingers tilt about x, towards each other; the right one mirrors drive_joint.
+        # The fingers tilt about x, tips towards each other (+x moves the +y finger's tip to -y);
+        # the right one mirrors drive_joint.
         _joint(GRIPPER_JOINT, "revolute", prefix + "xarm_gripper_base_link", prefix + "left_finger",
-               _origin((0, finger_y, 2 * body_z)), gripper_limit, axis="-1 0 0"),
+               _origin((0, finger_y, 2 * body_z)), gripper_limit, axis="1 0 0"),
         _joint("right_finger_joint", "revolute", prefix + "xarm_gripper_base_link", prefix + "right_finger",
-               _origin((0, -finger_y, 2 * body_z)), gripper_limit, axis="1 0 0", mimic=GRIPPER_JOINT),
+               _origin((0, -finger_y, 2 * body_z)), gripper_limit, axis="-1 0 0", mimic=GRIPPER_JOINT),
         _link(prefix + "link_tcp"),
         _joint("joint_tcp", "fixed", prefix + "link_eef", prefix + "link_tcp",
                _origin((0, 0, TCP_OFFSET_WITH_GRIPPER))),
