@@ -226,3 +226,13 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
         for executable in executables + ["inference_node"]:
             assert re.search(rf"\[{executable}-\d+\]: process has finished cleanly", log), log[-4000:]
         assert "process has died" not in log, log[-4000:]
+
+
+def test_a_node_that_cannot_start_is_named_and_nothing_keeps_running():
+    # no such camera here (or no pyrealsense2): the camera node is the first to start, so it fails alone
+    result = subprocess.run([sys.executable, "-m", "evo1_ros.cli", "launch", "xarm6_inference",
+                             "cameras:=base:_000000000001", "checkpoint:=/nonexistent"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "evo1-ros launch: evo1_camera failed to start:" in result.stderr
+    assert "Traceback" not in result.stderr
