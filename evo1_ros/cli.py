@@ -18,6 +18,8 @@ COMMANDS = {
     "init": ("evo1_ros.model.init_cmd", "write a fresh checkpoint (random head, optional InternVL3-1B-hf backbone)"),
     "import": ("evo1_ros.model.import_cmd", "convert a reference or LeRobot Evo-1 checkpoint to ours"),
     "launch": ("evo1_ros.launch_graph", "run a launch file's node graph in one process (no ros2 launch needed)"),
+    "demo": ("evo1_ros.sim.demo", "run the whole graph in the MuJoCo sim headless; write a video, stills, JSON"),
+    "eval": ("evo1_ros.sim.evaluate", "closed-loop evaluation in the sim through the ROS graph: success, time, jerk"),
     "train": ("evo1_ros.train.train_cmd", "fine-tune Evo-1 on evo1 datasets in two stages (torchrun for multi-GPU)"),
     "export-onnx": ("evo1_ros.runtime.export_cmd", "export a checkpoint's action head to ONNX for onnxruntime"),
 }

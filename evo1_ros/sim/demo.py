@@ -1,0 +1,149 @@
+"""`evo1-ros demo`: the whole graph in the MuJoCo sim, headless, recorded.
+
+Runs the xarm6_inference graph with `use_sim:=true` in this process (sim_node + driver on the sim
+backend + inference node, over DDS) for `--seconds`, records the camera frames the inference node
+subscribes to, and writes to `--out`: demo.mp4 (cameras side by side; demo.gif where OpenCV has no
+MP4 encoder), contact_sheet.png and summary.json (achieved control rate, inference latency,
+chunks, success).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHEET_COLUMNS, SHEET_ROWS = 2, 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
+    parser.add_argument("--out", default="evo1_demo", help="output directory (default ./evo1_demo)")
+    parser.add_argument("--checkpoint", help="checkpoint directory, or `expert` for the scripted expert "
+                                             "(default: the bundled models/evo1-tiny-sim, else a random evo1-tiny)")
+    parser.add_argument("--instruction", default="", help="language instruction (default: the params file's)")
+    parser.add_argument("--image-size", type=int, default=224, help="camera resolution, px (default 224)")
+    parser.add_argument("--fps", type=float, default=10.0, help="camera frame rate (default 10)")
+    # 15 Hz: the grid `evo1-ros convert` samples training actions on by default, so a chunk's rows are
+    # played at the spacing they were learnt at; it also leaves a loaded CPU time for the policy.
+    parser.add_argument("--control-rate", type=float, default=15.0,
+                        help="inference control rate, Hz: the action rate of the checkpoint's data (default 15)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episode's object poses")
+    parser.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
+
+
+class Recording:
+    """Frame sets -> a video written as they come, plus evenly spaced stills for the contact sheet."""
+
+    def __init__(self, out: Path, fps: float, seconds: float):
+        self.out, self.fps = out, fps
+        self.sheet_times = np.linspace(0.0, seconds, SHEET_COLUMNS * SHEET_ROWS, endpoint=False)
+        self.stills: list[np.ndarray] = []
+        self.frames, self.first_stamp, self.last_stamp = 0, None, None
+        self.writer, self.gif = None, None  # gif: frames kept in memory, only when MP4 is unavailable
+        self.video_path = out / "demo.mp4"
+
+    def add(self, stamp: float, images: list[np.ndarray]) -> None:
+        import cv2
+
+        frame = cv2.cvtColor(np.hstack(images), cv2.COLOR_RGB2BGR)
+        if self.first_stamp is None:
+            self.first_stamp = stamp
+            size = frame.shape[1], frame.shape[0]
+            self.writer = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
+            if not self.writer.isOpened():
+                self.writer, self.gif, self.video_path = None, [], self.out / "demo.gif"
+        t = stamp - self.first_stamp
+        cv2.putText(frame, f"t = {t:4.1f} s", (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        if self.writer is not None:
+            self.writer.write(frame)
+        else:
+            self.gif.append(frame)
+        if len(self.stills) < len(self.sheet_times) and t >= self.sheet_times[len(self.stills)]:
+            self.stills.append(frame)
+        self.frames, self.last_stamp = self.frames + 1, stamp
+
+    def close(self) -> dict:
+        """Finish the video and write the contact sheet; what was written."""
+        import cv2
+
+        if self.frames == 0:
+            raise RuntimeError("no camera frames arrived: is sim_node publishing? (see its log above)")
+        if self.writer is not None:
+            self.writer.release()
+        else:
+            animation = cv2.Animation()
+            animation.frames, animation.durations = self.gif, [round(1000 / self.fps)] * len(self.gif)
+            cv2.imwriteanimation(str(self.video_path), animation)
+        blank = np.zeros_like(self.stills[0])
+        tiles = self.stills + [blank] * (SHEET_COLUMNS * SHEET_ROWS - len(self.stills))
+        rows = [np.hstack(tiles[r * SHEET_COLUMNS:(r + 1) * SHEET_COLUMNS]) for r in range(SHEET_ROWS)]
+        sheet = self.out / "contact_sheet.png"
+        cv2.imwrite(str(sheet), np.vstack(rows))
+        span = (self.last_stamp - self.first_stamp) or float("nan")
+        return {"video": self.video_path.name, "contact_sheet": sheet.name, "frames": self.frames,
+                "camera_fps": round((self.frames - 1) / span, 2) if self.frames > 1 else None}
+
+
+def run(args) -> int:
+    import tempfile
+
+    from evo1_ros.sim.metrics import latency_ms
+    from evo1_ros.sim.session import SimGraph, default_checkpoint, random_tiny_checkpoint, warn_random_weights
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="evo1_demo_") as tmp:
+        checkpoint, random_weights = args.checkpoint or default_checkpoint(), False
+        if checkpoint is None:
+            warn_random_weights()
+            checkpoint, random_weights = random_tiny_checkpoint(tmp), True
+        print(f"evo1-ros demo: checkpoint {checkpoint}; starting the graph (sim_node + driver + inference)",
+              flush=True)
+        try:
+            graph = SimGraph(checkpoint, args.instruction, args.image_size, args.fps, args.control_rate, args.seed,
+                             args.device, record_cameras=True)
+        except RuntimeError as e:  # a node failed to start (bad checkpoint, ...): its name and why
+            print(f"evo1-ros demo: {e}", file=sys.stderr)
+            return 1
+    recording = Recording(out, args.fps, args.seconds)
+    graph.observer.on_frame = recording.add
+    try:
+        print(f"evo1-ros demo: {graph.reset_episode()}; running {args.seconds:g} s", flush=True)
+        start = time.monotonic()
+        try:
+            while (elapsed := time.monotonic() - start) < args.seconds:
+                time.sleep(min(1.0, args.seconds - elapsed))
+                latency, rate = latency_ms(graph.policy.latencies)["p50"], graph.observer.control_rate()
+                print(f"  {time.monotonic() - start:5.1f}/{args.seconds:g} s | frames {recording.frames:4d} | "
+                      f"chunks {len(graph.policy.latencies):3d} | control {rate or 0:5.1f} Hz | latency p50 "
+                      f"{latency or 0:6.0f} ms | can in box: {'yes' if graph.world.success() else 'no'}", flush=True)
+        except KeyboardInterrupt:
+            print("evo1-ros demo: interrupted; writing what was recorded", file=sys.stderr)
+        elapsed = time.monotonic() - start
+        success, control_rate = graph.world.success(), graph.observer.control_rate()
+        jerk = graph.observer.jerk(1.0 / args.control_rate)
+    finally:
+        graph.observer.on_frame = None
+        graph.close()
+    summary = {
+        "checkpoint": str(checkpoint), "random_weights": random_weights,
+        "instruction": graph.inference.instruction, "seed": args.seed,
+        "seconds": round(elapsed, 2), "image_size": args.image_size, "target_fps": args.fps,
+        "target_control_rate_hz": args.control_rate,
+        "achieved_control_rate_hz": None if control_rate is None else round(control_rate, 2),
+        "chunks": len(graph.policy.latencies), "inference_latency_ms": latency_ms(graph.policy.latencies),
+        "mean_abs_jerk_rad_s3": None if jerk is None else round(jerk, 3),
+        "success": success,
+        **recording.close(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"evo1-ros demo: wrote {out / summary['video']}, {out / summary['contact_sheet']}, {out / 'summary.json'}")
+    if random_weights:
+        warn_random_weights()
+    return 0

@@ -1,0 +1,240 @@
+"""`SimGraph`: the xarm6_inference launch graph with `use_sim:=true`, in this process, for demo and eval.
+
+The nodes come from `launch_graph.xarm6_inference` — the description `ros2 launch` and
+`evo1-ros launch` use — so demo and eval exercise the very graph a user launches: sim_node (sim
+world + cameras + the driver on the sim backend) and the inference node, talking over DDS. On top
+of the params file they override a few parameters (image size, camera rate, seed), hand the
+inference node its policy (timed, so latency is measured where it is spent; or the scripted expert
+in place of a checkpoint), and add one `Observer` node that watches topics and calls services
+from outside, as a user's tools would.
+
+The sim world is process-wide (`shared_world`, bound to the camera thread's GL context): one
+SimGraph per process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from evo1_ros.launch_graph import create_nodes, share_directory, xarm6_inference
+from evo1_ros.nodes.messages import image_to_rgb, stamp_seconds
+from evo1_ros.sim.metrics import TimedPolicy, commanded_path, mean_abs_jerk
+
+EXPERT = "expert"  # --checkpoint value that seats the privileged scripted expert in the policy's place
+SIM_CHECKPOINT = Path("models") / "evo1-tiny-sim"  # the learning issue's bundled sim checkpoint
+
+
+def default_checkpoint() -> Path | None:
+    """The bundled sim checkpoint, installed (package share) or in the checkout; None until shipped."""
+    for root in (share_directory(), Path(__file__).resolve().parents[2]):
+        if (root / SIM_CHECKPOINT / "config.json").is_file():
+            return root / SIM_CHECKPOINT
+    return None
+
+
+def random_tiny_checkpoint(directory: str | Path) -> Path:
+    """A randomly initialised evo1-tiny (as `evo1-ros init` writes), so the graph runs before any training."""
+    from evo1_ros.model.build import build_model, xarm6_normalizer
+    from evo1_ros.model.checkpoint import save_checkpoint
+
+    model, tokenizer = build_model("evo1-tiny", seed=0)
+    return save_checkpoint(directory, model, tokenizer, xarm6_normalizer())
+
+
+def warn_random_weights() -> None:
+    bar = "!" * 100
+    print(f"{bar}\n!! NO TRAINED SIM CHECKPOINT: {SIM_CHECKPOINT} is not shipped yet, so this runs a RANDOMLY "
+          f"INITIALISED evo1-tiny.\n!! The graph, timing and video are real; the arm's motion is noise, not a "
+          f"learned behaviour.\n!! Pass --checkpoint DIR for a trained model (or `expert` for the scripted "
+          f"one).\n{bar}", file=sys.stderr, flush=True)
+
+
+class Observer(Node):
+    """Watches the graph like a user's tools would: camera frames (optional), the sim's success
+    flag and the trajectory windows sent to the driver; calls Trigger services."""
+
+    def __init__(self, context, camera_topics: list[str], trajectory_topic: str):
+        super().__init__("evo1_observer", context=context)
+        self.on_frame: Callable[[float, list[np.ndarray]], None] | None = None
+        self._latest = [None] * len(camera_topics)  # newest Image per camera
+        self._frame_stamp = -1.0
+        for slot, topic in enumerate(camera_topics):
+            self.create_subscription(Image, topic, lambda msg, s=slot: self._on_image(s, msg),
+                                     qos_profile_sensor_data)
+        self.create_subscription(Bool, "/evo1_sim/success", self._on_success, 10)
+        # reliable and deep enough that no trajectory window goes missing from the jerk figure
+        self.create_subscription(JointTrajectory, trajectory_topic, self._on_trajectory,
+                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        self._triggers = {}
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget what was seen: a new episode starts."""
+        self.arrivals: list[float] = []  # monotonic receive time of each trajectory window
+        self.windows: list[tuple[np.ndarray, np.ndarray]] = []  # trajectories sent: (times, joints)
+        self.success_since: float | None = None  # monotonic time the success flag turned (and stayed) on
+
+    def _on_image(self, slot: int, msg) -> None:
+        # sim_node stamps one capture time on all cameras: a frame set is complete when they agree
+        self._latest[slot] = msg
+        stamps = {stamp_seconds(m.header.stamp) if m else None for m in self._latest}
+        if len(stamps) == 1 and (stamp := stamps.pop()) is not None and stamp > self._frame_stamp:
+            self._frame_stamp = stamp
+            if self.on_frame is not None:
+                self.on_frame(stamp, [image_to_rgb(m) for m in self._latest])
+
+    def _on_success(self, msg) -> None:
+        if not msg.data:
+            self.success_since = None
+        elif self.success_since is None:
+            self.success_since = time.monotonic()
+
+    def succeeded(self, hold: float) -> bool:
+        since = self.success_since
+        return since is not None and time.monotonic() - since >= hold
+
+    def _on_trajectory(self, msg) -> None:
+        self.arrivals.append(time.monotonic())
+        if msg.points:
+            start = stamp_seconds(msg.header.stamp)
+            self.windows.append((np.array([start + stamp_seconds(p.time_from_start) for p in msg.points]),
+                                 np.array([p.positions[:6] for p in msg.points])))
+
+    def control_rate(self) -> float | None:
+        a = self.arrivals
+        return (len(a) - 1) / (a[-1] - a[0]) if len(a) > 2 and a[-1] > a[0] else None
+
+    def jerk(self, dt: float) -> float | None:
+        return mean_abs_jerk(*commanded_path(self.windows), dt)
+
+    def trigger(self, service: str, timeout: float = 10.0) -> str:
+        """Call a std_srvs/Trigger service (the executor spins elsewhere); its message."""
+        if service not in self._triggers:
+            self._triggers[service] = self.create_client(Trigger, service)
+        client = self._triggers[service]
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"service {service} is not available")
+        done = threading.Event()
+        future = client.call_async(Trigger.Request())
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            raise RuntimeError(f"service {service} did not answer within {timeout:g} s")
+        response = future.result()
+        if not response.success:
+            raise RuntimeError(f"{service}: {response.message}")
+        return response.message
+
+
+class SimGraph:
+    """The graph running on a background MultiThreadedExecutor; `close()` stops it."""
+
+    def __init__(self, checkpoint: str | Path, instruction: str = "", image_size: int = 224,
+                 fps: float = 10.0, control_rate: float = 15.0, seed: int = 0, device: str = "cpu",
+                 record_cameras: bool = False):
+        """checkpoint: a checkpoint directory or "expert"; instruction: "" keeps the params file's;
+        seed: the first episode's (each reset adds one)."""
+        arguments = {"use_sim": "true", "instruction": instruction, "control_rate": str(control_rate)}
+        if checkpoint != EXPERT:
+            arguments["checkpoint"] = str(checkpoint)
+        graph = xarm6_inference(arguments)
+        overrides = {
+            "evo1_sim": {"image_size": image_size, "fps": float(fps), "seed": seed},
+            # A CPU-rendered frame can come a period late under load: allow ~2.5 frame periods of age
+            # (never less than the params file's default) before the inference node calls it stale.
+            "evo1_inference": {"max_observation_age_ms": max(200.0, 2500.0 / fps)},
+        }
+        graph = replace(graph, processes=tuple(
+            replace(process, nodes=tuple(replace(node, parameters={**node.parameters, **overrides.get(node.name, {})})
+                                         for node in process.nodes))
+            for process in graph.processes))
+
+        def node_kwargs(spec, built):
+            kwargs = {"context": self.context}
+            if spec.name == "evo1_inference":  # built after sim_node, whose world the expert reads
+                try:
+                    policy = self._policy(checkpoint, control_rate, device, built["evo1_sim"].world)
+                except Exception as e:  # as create_nodes reports a node that fails to start
+                    raise RuntimeError(f"{spec.name} failed to start: {type(e).__name__}: {e}") from e
+                self.policy = kwargs["policy"] = TimedPolicy(policy)
+            return kwargs
+
+        # A context of our own, so callers (tests) may run other rclpy work in the same process.
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.nodes, self.observer, self.executor, self._spin = {}, None, None, None
+        self._stopping = threading.Event()
+        try:
+            self.nodes = create_nodes(graph, node_kwargs)  # also wires sim resets to the driver, as launchers do
+            self.inference, self.world = self.nodes["evo1_inference"], self.nodes["evo1_sim"].world
+            self.observer = Observer(self.context, self.inference.camera_topics if record_cameras else [],
+                                     self.inference.get_parameter("trajectory_topic").value)
+            # A thread per node's timers, so the inference control timer never queues behind image callbacks.
+            self.executor = MultiThreadedExecutor(num_threads=len(self.nodes) + 3, context=self.context)
+            for node in (*self.nodes.values(), self.observer):
+                self.executor.add_node(node)
+        except BaseException:
+            self.close()
+            raise
+        self._spin = threading.Thread(target=self._run, name="sim-graph", daemon=True)
+        self._spin.start()
+
+    def _run(self) -> None:
+        # spin_once in a loop rather than spin(): close() stops it before the executor goes, which
+        # executor.shutdown() under a running spin() does not (it raises in this thread)
+        while not self._stopping.is_set():
+            self.executor.spin_once(timeout_sec=0.1)
+
+    @staticmethod
+    def _policy(checkpoint, control_rate: float, device: str, world):
+        if checkpoint == EXPERT:
+            from evo1_ros.sim.expert import ExpertPolicy
+
+            # chunk rows one control period apart: the inference node's convention
+            return ExpertPolicy(world, action_dt=1.0 / control_rate)
+        import torch
+
+        from evo1_ros.runtime.policy import Evo1ChunkPolicy
+
+        if device == "cpu":
+            # Rendering, physics and the servo loop share this process's cores with the policy; torch's
+            # default of one spinning thread per core then starves them and itself (on 2 loaded cores:
+            # 6 s per tiny chunk instead of 0.25 s). Half the cores for the policy.
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+        return Evo1ChunkPolicy.from_checkpoint(checkpoint, device=device)
+
+    def reset_episode(self) -> str:
+        """Next seeded episode, with inference paused across the reset so that no chunk predicted
+        from the old scene is executed in the new one. Returns sim_node's word on it."""
+        self.observer.trigger("/evo1_inference/pause")
+        message = self.observer.trigger("/evo1_sim/reset")
+        self.observer.clear()
+        self.observer.trigger("/evo1_inference/resume")
+        return message
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._spin is not None:
+            self._spin.join()
+        if self.executor is not None:
+            self.executor.shutdown()
+        # observer, then inference (it stops sending) before the driver halts the arm, then the sim
+        for node in (self.observer, *reversed(self.nodes.values())):
+            if node is not None:
+                node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
