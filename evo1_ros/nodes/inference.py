@@ -53,6 +53,8 @@ PARAMETERS = {
     "ensemble_decay": (0.01, "m in the temporal-ensemble weights exp(-m i)"),
     "device": ("cpu", "torch device for the policy"),
     "dtype": ("float32", "policy compute dtype (float32, bfloat16, float16)"),
+    "backend": ("torch", "inference engine backend: torch (CUDA graph on GPU) or onnx"),
+    "onnx_dir": ("", "action-head ONNX graphs for backend onnx (evo1-ros export-onnx); empty: CHECKPOINT/onnx"),
     "max_observation_age_ms": (200.0, "older images or joint states start no new chunk"),
     "trajectory_topic": ("/evo1/joint_trajectory", "trajectory_msgs/JointTrajectory to the driver"),
     "use_follow_joint_trajectory": (False, "send FollowJointTrajectory goals instead of the topic"),
@@ -68,7 +70,7 @@ class InferenceNode(Node):
         for name, (default, description) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description))
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self.policy = policy if policy is not None else self._load_policy(p["checkpoint"], p["device"], p["dtype"])
+        self.policy = policy if policy is not None else self._load_policy(p)
         self.camera_topics = list(p["camera_topics"])
         if len(self.camera_topics) > self.policy.num_views:
             raise ValueError(f"{len(self.camera_topics)} camera_topics for a policy with {self.policy.num_views} views")
@@ -133,12 +135,15 @@ class InferenceNode(Node):
     # --- setup ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _load_policy(checkpoint: str, device: str, dtype: str) -> ChunkPolicy:
-        if not checkpoint:
+    def _load_policy(p: dict) -> ChunkPolicy:
+        if not p["checkpoint"]:
             raise ValueError("parameter 'checkpoint' is empty: set it to an Evo-1 checkpoint directory")
         from evo1_ros.runtime.policy import Evo1ChunkPolicy  # torch and the model load only here
 
-        return Evo1ChunkPolicy.from_checkpoint(checkpoint, device=device, dtype=dtype)
+        onnx_dir = p["onnx_dir"] or f"{p['checkpoint']}/onnx"
+        return Evo1ChunkPolicy.from_checkpoint(
+            p["checkpoint"], device=p["device"], dtype=p["dtype"], backend=p["backend"], onnx_dir=onnx_dir
+        )
 
     def _follow_joint_trajectory_client(self, action_name: str):
         try:  # control_msgs is not on PyPI; only this mode needs it
