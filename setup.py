@@ -76,6 +76,7 @@ setup(
             "camera_node = evo1_ros.nodes.camera:main",
             "sim_node = evo1_ros.nodes.sim:main",
             "recorder_node = evo1_ros.nodes.recorder:main",
+            "teleop_node = evo1_ros.nodes.teleop:main",
         ]
     },
     zip_safe=False,

@@ -1,0 +1,1 @@
+"""ROS-free parts of the teleop node: key mapping (keys.py) and jog math (jog.py)."""

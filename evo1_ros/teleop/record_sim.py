@@ -1,0 +1,162 @@
+"""Record scripted-expert demonstrations in sim through the real ROS graph, in one process.
+
+    python scripts/record_sim_demos.py --out /work/demos/bags --episodes 60 --first-seed 1000
+    (or `evo1-ros record-sim ...` once the CLI lists this module)
+    evo1-ros convert /work/demos/bags/* --out /work/demos/dataset --rate 10
+
+Nodes: sim_node's pieces (SimNode: world + cameras; xarm6_driver on a SimBackend of the same world),
+the recorder, and the teleop node with source `sim_expert` acting as the operator. Episode i shows
+the scene of seed first_seed + i (the sim's seed counter; the teleop resets once per episode).
+
+Time. Rendering two cameras in software (osmesa) on a loaded CPU is slower than real time, and
+a real-time run would drop and jitter frames. So the world here is a `LockstepWorld`: physics may
+advance one camera frame period at a time and only after the cameras captured the frame set of the
+current sim time. Its step count is the ROS time (published on /clock; every node runs on it with
+use_sim_time), so frames sit exactly 1/fps apart in sim time, a 10 Hz converter grid finds a frame of
+age 0 at every step, and the bags hold what a real-time run on a fast machine would have recorded,
+however loaded the CPU is. Between frames, physics runs at `--speed` x real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+EVAL_SEEDS = range(0, 50)  # `evo1-ros eval`'s default episodes: never train on them
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="directory for the episode bags")
+    parser.add_argument("--episodes", type=int, default=60)
+    parser.add_argument("--first-seed", type=int, default=1000, help="episode i uses seed first_seed + i")
+    parser.add_argument("--instruction", default="put the can in the box")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--fps", type=float, default=10.0, help="camera frames per sim second")
+    parser.add_argument("--speed", type=float, default=2.0,
+                        help="physics pace between frames, sim seconds per wall second")
+    parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+
+
+def clock_node(world, context=None):
+    """Publishes a LockstepWorld's physics time (`steps_ns`) on /clock."""
+    from builtin_interfaces.msg import Time
+    from rclpy.node import Node
+    from rosgraph_msgs.msg import Clock
+
+    node = Node("sim_clock", context=context)
+    publisher = node.create_publisher(Clock, "/clock", 10)
+
+    def publish() -> None:
+        ns = world.steps_ns
+        publisher.publish(Clock(clock=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
+
+    node.create_timer(0.005, publish)  # wall clock: this node is the one not on sim time
+    return node
+
+
+class RecordingGraph:
+    """The nodes of one recording session, spinning in `context` (default: rclpy's global one,
+    initialised by the caller). `teleop.done` is set when the last episode is stored."""
+
+    def __init__(self, world, out: Path, episodes: int, first_seed: int, instruction: str,
+                 speed: float = 2.0, storage: str = "mcap", context=None):
+        """world: a LockstepWorld (it sets the camera rate); speed: physics pace between frames."""
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.parameter import Parameter
+
+        from evo1_ros.nodes.driver import Xarm6DriverNode
+        from evo1_ros.nodes.recorder import RecorderNode
+        from evo1_ros.nodes.sim import SimNode
+        from evo1_ros.nodes.teleop import TeleopNode
+        from evo1_ros.sim.backend import SimBackend
+
+        def params(**values):
+            return {"context": context, "parameter_overrides": [Parameter("use_sim_time", value=True)]
+                    + [Parameter(k, value=v) for k, v in values.items()]}
+
+        self.nodes = [clock_node(world, context)]
+        try:
+            # no wall-clock pacing of the camera thread: the lockstep world paces it in sim time
+            sim = SimNode(world, **params(fps=1000.0, seed=first_seed))
+            world.clock_ns = lambda: sim.get_clock().now().nanoseconds
+            self.nodes.append(sim)
+            driver = Xarm6DriverNode(backend=SimBackend(world, speed=speed), **params(realtime_priority=0))
+            self.nodes.append(driver)
+            sim.on_reset = driver.loop.recover  # as sim_node's main: after a reset start over from HOME
+            self.recorder = RecorderNode(**params(output_dir=str(out), cameras=["base", "wrist"], storage=storage))
+            self.nodes.append(self.recorder)
+            self.teleop = TeleopNode(world, **params(source="sim_expert", episodes=episodes,
+                                                     instruction=instruction, rate_hz=50.0))
+            self.nodes.append(self.teleop)
+        except Exception:
+            self.close()
+            raise
+        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        for node in self.nodes:
+            self.executor.add_node(node)
+        self._spinning = True
+        self._spinner = threading.Thread(target=self._spin, daemon=True)
+        self._spinner.start()
+
+    def _spin(self) -> None:
+        # A loop we can stop, rather than Executor.shutdown: in rclpy Jazzy that destroys the guard
+        # condition without waiting for callbacks in flight, which then raise in the spin thread.
+        while self._spinning:
+            self.executor.spin_once(timeout_sec=0.1)
+
+    def close(self) -> None:
+        if hasattr(self, "executor"):  # stop spinning first: callbacks must not run on destroyed nodes
+            self._spinning = False
+            self._spinner.join(timeout=5.0)
+        recorder = getattr(self, "recorder", None)
+        if recorder is not None and recorder.writer is not None:  # an interrupted demonstration is not one
+            recorder.discard()
+        for node in reversed(self.nodes):
+            node.destroy_node()
+
+
+def run(args: argparse.Namespace) -> int:
+    seeds = range(args.first_seed, args.first_seed + args.episodes)
+    if set(seeds) & set(EVAL_SEEDS):
+        print(f"record-sim: error: seeds {seeds.start}..{seeds.stop - 1} overlap the eval seeds "
+              f"{EVAL_SEEDS.start}..{EVAL_SEEDS.stop - 1}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("MUJOCO_GL", "osmesa")  # before mujoco is imported
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    import rclpy
+
+    from evo1_ros.data import bag
+    from evo1_ros.teleop.lockstep import LockstepWorld
+
+    world = LockstepWorld(args.image_size, args.fps)
+    print(f"{args.episodes} episodes, seeds {seeds.start}..{seeds.stop - 1}, {args.image_size} px at {args.fps:g} "
+          f"frames per sim second -> {args.out}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rclpy.init()
+    graph = None
+    try:
+        start = time.monotonic()
+        graph = RecordingGraph(world, args.out, args.episodes, args.first_seed, args.instruction, args.speed,
+                               args.storage)
+        graph.teleop.done.wait()
+        outcomes = [bag.read_meta(path).get("success") for path in sorted(args.out.iterdir())]
+        print(f"{len(outcomes)} episodes in {args.out} ({outcomes.count(True)} successful); "
+              f"this run took {time.monotonic() - start:.0f} s", flush=True)
+        world.close()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if graph is not None:
+            graph.close()
+        rclpy.try_shutdown()
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
