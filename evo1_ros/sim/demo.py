@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="evo1_demo", help="output directory (default ./evo1_demo)")
     parser.add_argument("--checkpoint", help="checkpoint directory, or `expert` for the scripted expert "
                                              "(default: the bundled models/evo1-tiny-sim, else a random evo1-tiny)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episode's object poses")
+    add_graph_arguments(parser)
+
+
+def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the sim graph that demo and eval share."""
     parser.add_argument("--instruction", default="", help="language instruction (default: the params file's)")
     parser.add_argument("--image-size", type=int, default=224, help="camera resolution, px (default 224)")
     parser.add_argument("--fps", type=float, default=10.0, help="camera frame rate (default 10)")
@@ -32,7 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # played at the spacing they were learnt at; it also leaves a loaded CPU time for the policy.
     parser.add_argument("--control-rate", type=float, default=15.0,
                         help="inference control rate, Hz: the action rate of the checkpoint's data (default 15)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the episode's object poses")
     parser.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
 
 

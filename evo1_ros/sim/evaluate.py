@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from evo1_ros.sim.demo import add_graph_arguments
+
 SUCCESS_HOLD_S = 1.5  # the can must stay in the box this long: carrying it over the box is no success
 
 
@@ -26,26 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first episode's seed; episode i uses seed + i")
     parser.add_argument("--out", help="write the results here as JSON")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="episode time limit, s (default 20)")
-    parser.add_argument("--instruction", default="", help="language instruction (default: the params file's)")
-    parser.add_argument("--image-size", type=int, default=224, help="camera resolution, px (default 224)")
-    parser.add_argument("--fps", type=float, default=10.0, help="camera frame rate (default 10)")
-    # 15 Hz: the grid `evo1-ros convert` samples training actions on by default, so a chunk's rows are
-    # played at the spacing they were learnt at; it also leaves a loaded CPU time for the policy.
-    parser.add_argument("--control-rate", type=float, default=15.0,
-                        help="inference control rate, Hz: the action rate of the checkpoint's data (default 15)")
-    parser.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
+    add_graph_arguments(parser)
 
 
 def run_episode(graph, max_seconds: float) -> dict:
     graph.reset_episode()
     start = time.monotonic()
-    while time.monotonic() - start < max_seconds and not graph.observer.succeeded(SUCCESS_HOLD_S):
-        time.sleep(0.05)
     observer = graph.observer
-    success = observer.succeeded(SUCCESS_HOLD_S)
+    while (success := observer.success_held(SUCCESS_HOLD_S)) is None and time.monotonic() - start < max_seconds:
+        time.sleep(0.05)
     jerk, rate = observer.jerk(graph.inference.dt), observer.control_rate()
-    return {"success": success,
-            "seconds": round(observer.success_since - start if success else max_seconds, 2),
+    return {"success": success is not None,
+            "seconds": round(success - start if success is not None else max_seconds, 2),
             "mean_abs_jerk_rad_s3": None if jerk is None else round(jerk, 3),
             "control_rate_hz": None if rate is None else round(rate, 2)}
 

@@ -105,9 +105,10 @@ class Observer(Node):
         elif self.success_since is None:
             self.success_since = time.monotonic()
 
-    def succeeded(self, hold: float) -> bool:
-        since = self.success_since
-        return since is not None and time.monotonic() - since >= hold
+    def success_held(self, hold: float) -> float | None:
+        """When the success flag turned on, if it has stayed on for `hold` seconds since; else None."""
+        since = self.success_since  # read once: the flag's callback runs on another thread
+        return since if since is not None and time.monotonic() - since >= hold else None
 
     def _on_trajectory(self, msg) -> None:
         self.arrivals.append(time.monotonic())
