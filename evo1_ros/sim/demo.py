@@ -38,7 +38,7 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     # played at the spacing they were learnt at; it also leaves a loaded CPU time for the policy.
     parser.add_argument("--control-rate", type=float, default=15.0,
                         help="inference control rate, Hz: the action rate of the checkpoint's data (default 15)")
-    parser.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
+    parser.add_argument("--device", default="", help="torch device for the policy (default: the params file's)")
 
 
 class Recording:

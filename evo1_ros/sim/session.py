@@ -146,10 +146,10 @@ class SimGraph:
     """The graph running on a background MultiThreadedExecutor; `close()` stops it."""
 
     def __init__(self, checkpoint: str | Path, instruction: str = "", image_size: int = 224,
-                 fps: float = 10.0, control_rate: float = 15.0, seed: int = 0, device: str = "cpu",
+                 fps: float = 10.0, control_rate: float = 15.0, seed: int = 0, device: str = "",
                  record_cameras: bool = False):
-        """checkpoint: a checkpoint directory or "expert"; instruction: "" keeps the params file's;
-        seed: the first episode's (each reset adds one)."""
+        """checkpoint: a checkpoint directory or "expert"; instruction, device: "" keeps the params
+        file's; seed: the first episode's (each reset adds one)."""
         arguments = {"use_sim": "true", "instruction": instruction, "control_rate": str(control_rate)}
         if checkpoint != EXPERT:
             arguments["checkpoint"] = str(checkpoint)
@@ -160,6 +160,8 @@ class SimGraph:
             # (never less than the params file's default) before the inference node calls it stale.
             "evo1_inference": {"max_observation_age_ms": max(200.0, 2500.0 / fps)},
         }
+        if device:
+            overrides["evo1_inference"]["device"] = device
         graph = replace(graph, processes=tuple(
             replace(process, nodes=tuple(replace(node, parameters={**node.parameters, **overrides.get(node.name, {})})
                                          for node in process.nodes))
@@ -167,13 +169,20 @@ class SimGraph:
 
         def node_kwargs(spec, built):
             kwargs = {"context": self.context}
-            if spec.name == "evo1_inference":  # built after sim_node, whose world the expert reads
-                try:
-                    policy = self._policy(checkpoint, control_rate, device, built["evo1_sim"].world)
-                except Exception as e:  # as create_nodes reports a node that fails to start
-                    raise RuntimeError(f"{spec.name} failed to start: {type(e).__name__}: {e}") from e
-                self.policy = kwargs["policy"] = TimedPolicy(policy)
+            if spec.name == "evo1_inference" and checkpoint == EXPERT:
+                from evo1_ros.sim.expert import ExpertPolicy
+
+                # built after sim_node, whose world it reads; chunk rows one control period apart
+                kwargs["policy"] = ExpertPolicy(built["evo1_sim"].world, action_dt=1.0 / control_rate)
             return kwargs
+
+        if checkpoint != EXPERT:  # the inference node loads it, as under ros2 launch
+            import torch
+
+            # Rendering, physics and the servo loop share this process's cores with the policy; torch's
+            # default of one spinning thread per core then starves them and itself (on 2 loaded cores:
+            # 6 s per tiny chunk instead of 0.25 s). Half the cores for the policy.
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
         # A context of our own, so callers (tests) may run other rclpy work in the same process.
         self.context = rclpy.Context()
@@ -183,6 +192,8 @@ class SimGraph:
         try:
             self.nodes = create_nodes(graph, node_kwargs)  # also wires sim resets to the driver, as launchers do
             self.inference, self.world = self.nodes["evo1_inference"], self.nodes["evo1_sim"].world
+            # Timed where the latency is spent; its worker calls the policy only once the executor spins.
+            self.policy = self.inference.policy = TimedPolicy(self.inference.policy)
             self.observer = Observer(self.context, self.inference.camera_topics if record_cameras else [],
                                      self.inference.get_parameter("trajectory_topic").value)
             # A thread per node's timers, so the inference control timer never queues behind image callbacks.
@@ -200,24 +211,6 @@ class SimGraph:
         # executor.shutdown() under a running spin() does not (it raises in this thread)
         while not self._stopping.is_set():
             self.executor.spin_once(timeout_sec=0.1)
-
-    @staticmethod
-    def _policy(checkpoint, control_rate: float, device: str, world):
-        if checkpoint == EXPERT:
-            from evo1_ros.sim.expert import ExpertPolicy
-
-            # chunk rows one control period apart: the inference node's convention
-            return ExpertPolicy(world, action_dt=1.0 / control_rate)
-        import torch
-
-        from evo1_ros.runtime.policy import Evo1ChunkPolicy
-
-        if device == "cpu":
-            # Rendering, physics and the servo loop share this process's cores with the policy; torch's
-            # default of one spinning thread per core then starves them and itself (on 2 loaded cores:
-            # 6 s per tiny chunk instead of 0.25 s). Half the cores for the policy.
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-        return Evo1ChunkPolicy.from_checkpoint(checkpoint, device=device)
 
     def reset_episode(self) -> str:
         """Next seeded episode, with inference paused across the reset so that no chunk predicted
