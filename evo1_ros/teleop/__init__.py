@@ -1,1 +1,1 @@
-"""ROS-free parts of the teleop node: key mapping (keys.py) and jog math (jog.py)."""
+"""Teleop helpers: key mapping and jog math (ROS-free), and recording sim demos (`record_sim`)."""

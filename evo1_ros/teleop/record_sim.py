@@ -15,6 +15,8 @@ current sim time. Its step count is the ROS time (published on /clock; every nod
 use_sim_time), so frames sit exactly 1/fps apart in sim time, a 10 Hz converter grid finds a frame of
 age 0 at every step, and the bags hold what a real-time run on a fast machine would have recorded,
 however loaded the CPU is. Between frames, physics runs at `--speed` x real time.
+
+Parallel runs (more of a shared CPU) need their own ROS_DOMAIN_ID, seed range and --out each.
 """
 
 from __future__ import annotations
@@ -146,13 +148,13 @@ def run(args: argparse.Namespace) -> int:
         outcomes = [bag.read_meta(path).get("success") for path in sorted(args.out.iterdir())]
         print(f"{len(outcomes)} episodes in {args.out} ({outcomes.count(True)} successful); "
               f"this run took {time.monotonic() - start:.0f} s", flush=True)
-        world.close()
     except KeyboardInterrupt:
         pass
     finally:
         if graph is not None:
             graph.close()
         rclpy.try_shutdown()
+        world.close()  # after the camera thread has stopped: it owns the GL context
     return 0
 
 
