@@ -14,6 +14,7 @@ Backends compute the same function as `Evo1.sample`: tests hold them to 1e-4 in 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def export_onnx(model: Evo1, out_dir: str | Path, context_length: int = 64) -> P
     exporter (deprecated upstream but present in torch 2.4-2.13, and needing no onnxscript)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.float().eval()
+    model = copy.deepcopy(model).float().cpu().eval()  # export in fp32, wherever the live model runs
     width, blocks = model.config.head_width, model.config.head_blocks
     kv_names = [f"{kind}{i}" for i in range(blocks) for kind in ("k", "v")]
     context = torch.randn(1, context_length, width)
@@ -108,7 +109,7 @@ def export_onnx(model: Evo1, out_dir: str | Path, context_length: int = 64) -> P
 class _OnnxHead:
     """The action head on onnxruntime: TensorRT, then CUDA, then CPU, whichever is present."""
 
-    def __init__(self, onnx_dir: str | Path, time_table: torch.Tensor, steps: int):
+    def __init__(self, onnx_dir: str | Path, time_table: torch.Tensor):
         import onnxruntime as ort
 
         onnx_dir = Path(onnx_dir)
@@ -121,19 +122,18 @@ class _OnnxHead:
         self.velocity = ort.InferenceSession(str(onnx_dir / VELOCITY_GRAPH), providers=providers)
         self.providers = self.velocity.get_providers()
         self.kv_names = [o.name for o in self.kv.get_outputs()]
-        table = time_table.float().cpu().numpy()
-        self.time_embs = [table[time_index(i / steps)][None] for i in range(steps)]
+        self.time_table = time_table.float().cpu().numpy()
 
-    def __call__(self, context: torch.Tensor, key_mask: torch.Tensor | None, noise, mask) -> torch.Tensor:
+    def __call__(self, context: torch.Tensor, key_mask: torch.Tensor | None, noise, mask, steps: int) -> torch.Tensor:
         kv = self.kv.run(None, {"context": context.float().cpu().numpy()})
         n = kv[0].shape[2]
         km = np.ones((1, n), dtype=bool) if key_mask is None else key_mask.cpu().numpy()
         feed = dict(zip(self.kv_names, kv), key_mask=km)
         x, m = (noise * mask).float().cpu().numpy(), mask.float().cpu().numpy()
-        dt = 1.0 / len(self.time_embs)
-        for time_emb in self.time_embs:
+        for i in range(steps):
+            time_emb = self.time_table[time_index(i / steps)][None]
             v = self.velocity.run(None, {**feed, "x": x * m, "time_emb": time_emb})[0]
-            x = x + dt * (v * m)
+            x = x + (1.0 / steps) * (v * m)
         return torch.from_numpy(x * m)
 
 
@@ -163,7 +163,7 @@ class Evo1Engine:
         if backend == "onnx":
             if onnx_dir is None:
                 raise ValueError("the onnx backend needs onnx_dir (written by `evo1-ros export-onnx`)")
-            self.onnx = _OnnxHead(onnx_dir, model.head.time_table, self.steps)
+            self.onnx = _OnnxHead(onnx_dir, model.head.time_table)
 
     @torch.inference_mode()
     def predict(self, obs: dict, action_mask: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,7 +176,7 @@ class Evo1Engine:
         noise = noise.to(device=self.device, dtype=self.dtype)
         mask = action_mask.to(device=self.device, dtype=self.dtype).unsqueeze(1)
         if self.backend == "onnx":
-            return self.onnx(context, key_mask, noise, mask)
+            return self.onnx(context, key_mask, noise, mask, self.steps).to(self.device)
         kv = self.model.head.context_keys_values(context)
         if not self.use_graph:
             return self.model.denoise(kv, key_mask, noise, mask, self.steps)

@@ -1,0 +1,165 @@
+"""Per-chunk inference latency: the reference server's path vs our engine (vs LeRobot when importable).
+
+    python benchmarks/inference.py                      # evo1-tiny on CPU (+ evo1-0.77b on CUDA if present)
+    python benchmarks/inference.py --presets evo1-0.77b --views 2 --steps 32 --json out.json
+
+Same random weights and the same inputs for every path in one run:
+  (a) naive    - what the reference server does: all 3 view slots through the ViT, the prompt
+                 padded to 1024 tokens, context keys/values recomputed at every Euler step, eager.
+  (b) engine   - ours (`Evo1Engine`): backend torch (CUDA graph on GPU) and onnx.
+  (c) lerobot  - LeRobot 0.6.1 Evo1Policy (benchmarks/parity_lerobot.py builds it), when importable.
+Prints a table (p50/p99 ms, chunks/s, peak GPU memory) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evo1_ros.model.build import xarm6_normalizer  # noqa: E402
+from evo1_ros.model.config import IMG_CONTEXT, preset  # noqa: E402
+from evo1_ros.model.evo1 import Evo1, time_index  # noqa: E402
+from evo1_ros.model.processor import Evo1Processor  # noqa: E402
+from evo1_ros.model.tokenizer import build_tiny_tokenizer  # noqa: E402
+from evo1_ros.runtime.engine import Evo1Engine, export_onnx  # noqa: E402
+
+INSTRUCTION = "pick up the can and put it in the white box"
+
+
+def build(preset_name: str, device: str, dtype: torch.dtype):
+    tokenizer = build_tiny_tokenizer()  # ids only matter through the embedding table
+    image_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    cfg = preset(preset_name, vocab_size=len(tokenizer), image_token_id=image_id)
+    if preset_name == "evo1-0.77b":
+        cfg.vlm["image_token_id"] = image_id
+    torch.manual_seed(0)
+    model = Evo1(cfg).to(device=device, dtype=dtype).eval()
+    return model, Evo1Processor(cfg, tokenizer, xarm6_normalizer())
+
+
+def naive_chunk(model: Evo1, obs: dict, mask: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """The reference server's computation, for timing: 3 ViT slots, 1024-token prompt, K/V per step."""
+    cfg = model.config
+    ids, attention = obs["input_ids"], obs["attention_mask"]
+    pad = cfg.max_text_length - ids.shape[1]
+    ids = F.pad(ids, (0, pad), value=0)
+    is_image = ids == cfg.vlm["image_token_id"]
+    slot = ((is_image.cumsum(1) - 1).clamp(min=0) // cfg.tokens_per_view).clamp(max=cfg.max_views - 1)
+    attention = F.pad(attention, (0, pad)) * ~(is_image & ~obs["view_mask"].gather(1, slot))
+    hidden = model.vlm(input_ids=ids, pixel_values=obs["pixel_values"][0], attention_mask=attention).last_hidden_state
+    z = hidden * attention.unsqueeze(-1).to(hidden.dtype)  # flash-attn's zero pad rows
+    context = torch.cat([z, model.head.state_encoder(obs["state"].to(z.dtype)).unsqueeze(1)], dim=1)
+    m = mask.unsqueeze(1).to(z.dtype)
+    x = noise * m
+    for i in range(steps):
+        kv = model.head.context_keys_values(context)  # recomputed every step, as the reference does
+        emb = model.head.time_table[time_index(i / steps)].to(z.dtype).expand(1, -1)
+        x = x + (1.0 / steps) * model.head.velocity(x * m, kv, None, emb) * m
+    return x * m
+
+
+def timed(fn, iters: int, device: str) -> dict:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        fn()
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    p50 = statistics.median(times)
+    return {
+        "p50_ms": 1e3 * p50,
+        "p99_ms": 1e3 * times[min(len(times) - 1, int(0.99 * len(times)))],
+        "chunks_per_s": 1.0 / p50,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+    }
+
+
+def lerobot_runner(views: int, steps: int, device: str):
+    """LeRobot's Evo1Policy on the same shapes, or None when lerobot is not importable."""
+    try:
+        from parity_lerobot import build_lerobot_policy  # benchmarks/parity_lerobot.py
+    except ImportError:
+        return None
+    policy, batch = build_lerobot_policy(views=views, steps=steps, device=device)
+    return lambda: policy.predict_action_chunk(batch)
+
+
+def run(args) -> list[dict]:
+    rows = []
+    for preset_name in args.presets:
+        device = "cuda" if preset_name == "evo1-0.77b" else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            print(f"skip {preset_name}: no CUDA device", file=sys.stderr)
+            continue
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model, processor = build(preset_name, device, dtype)
+        onnx_dir = export_onnx(model, tempfile.mkdtemp())
+        engines = {"engine-torch": Evo1Engine(model, processor, backend="torch")}
+        engines["engine-onnx"] = Evo1Engine(model, processor, backend="onnx", onnx_dir=onnx_dir)
+        rng = np.random.default_rng(0)
+        for views in args.views:
+            frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(views)]
+            obs = {k: v.to(device) for k, v in processor.observation(frames, np.zeros(7), INSTRUCTION).items()}
+            obs["pixel_values"] = obs["pixel_values"].to(dtype)
+            mask = processor.action_mask(7).to(device)
+            for steps in args.steps:
+                noise = torch.rand(1, model.config.chunk_length, 24, device=device, dtype=dtype) * 2 - 1
+                paths = {"naive": lambda: naive_chunk(model, obs, mask, noise, steps)}
+                for name, engine in engines.items():
+                    engine.steps = steps
+                    engine._graphs.clear()  # graphs are captured for a fixed step count
+                    paths[name] = lambda e=engine: e.predict(obs, mask, noise)
+                if device == "cuda" and not args.no_lerobot:
+                    runner = lerobot_runner(views, steps, device)
+                    if runner is not None:
+                        paths["lerobot"] = runner
+                for name, fn in paths.items():
+                    with torch.inference_mode():
+                        r = timed(fn, args.iters, device)
+                    rows.append({"preset": preset_name, "device": device, "views": views, "steps": steps,
+                                 "path": name, **r})
+                    print(f"{preset_name:11s} {device:4s} views={views} steps={steps:2d} {name:13s} "
+                          f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  {r['chunks_per_s']:7.1f} chunks/s"
+                          + (f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""), flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["evo1-tiny", "evo1-0.77b"])
+    ap.add_argument("--views", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--steps", nargs="+", type=int, default=[10, 32, 50])
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--no-lerobot", action="store_true")
+    ap.add_argument("--json", help="write results here")
+    args = ap.parse_args()
+    rows = run(args)
+    meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
