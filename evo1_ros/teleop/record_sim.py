@@ -1,7 +1,6 @@
 """Record scripted-expert demonstrations in sim through the real ROS graph, in one process.
 
-    python scripts/record_sim_demos.py --out /work/demos/bags --episodes 60 --first-seed 1000
-    (or `evo1-ros record-sim ...` once the CLI lists this module)
+    evo1-ros record-sim --out /work/demos/bags --episodes 60 --first-seed 1000
     evo1-ros convert /work/demos/bags/* --out /work/demos/dataset --rate 10
 
 Nodes: sim_node's pieces (SimNode: world + cameras; xarm6_driver on a SimBackend of the same world),
@@ -157,8 +156,3 @@ def run(args: argparse.Namespace) -> int:
         world.close()  # after the camera thread has stopped: it owns the GL context
     return 0
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
