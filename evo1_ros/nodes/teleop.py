@@ -100,7 +100,7 @@ class TeleopNode(Node):
         else:
             if world is None:
                 raise ValueError("source sim_expert reads the sim's world: run it in the sim's process "
-                                 "(scripts/record_sim_demos.py), not as a node of its own")
+                                 "(evo1-ros record-sim), not as a node of its own")
             self.world = world
             self._reset = self.create_client(Trigger, f"{p['sim']}/reset")
             self._success: tuple[bool, int] = (False, 0)  # latest flag, messages seen
