@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="libosmesa6 libgl1 libegl1 libusb-1.0-0 ffmpeg"
+APT_PACKAGES="libosmesa6 libgl1 libegl1 libusb-1.0-0"
 if command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
