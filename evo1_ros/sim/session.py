@@ -117,6 +117,12 @@ class Observer(Node):
             self.windows.append((np.array([start + stamp_seconds(p.time_from_start) for p in msg.points]),
                                  np.array([p.positions[:6] for p in msg.points])))
 
+    def wait_quiet(self, quiet: float, timeout: float = 5.0) -> None:
+        """Return once no trajectory window has arrived for `quiet` seconds (or after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.arrivals and time.monotonic() - self.arrivals[-1] < quiet:
+            time.sleep(0.02)
+
     def control_rate(self) -> float | None:
         a = self.arrivals
         return (len(a) - 1) / (a[-1] - a[0]) if len(a) > 2 and a[-1] > a[0] else None
@@ -216,6 +222,10 @@ class SimGraph:
         """Next seeded episode, with inference paused across the reset so that no chunk predicted
         from the old scene is executed in the new one. Returns sim_node's word on it."""
         self.observer.trigger("/evo1_inference/pause")
+        # A window sent just before the pause can still be on its way: reaching the driver after the
+        # reset, it would drag the arm from the new start toward the old episode's plan (seen: the
+        # can swept off the table). The driver hears the same topic, so wait until it is quiet.
+        self.observer.wait_quiet(max(0.25, 3 * self.inference.dt))
         message = self.observer.trigger("/evo1_sim/reset")
         self.observer.clear()
         self.observer.trigger("/evo1_inference/resume")
