@@ -3,10 +3,10 @@
 The nodes come from `launch_graph.xarm6_inference` — the description `ros2 launch` and
 `evo1-ros launch` use — so demo and eval exercise the very graph a user launches: sim_node (sim
 world + cameras + the driver on the sim backend) and the inference node, talking over DDS. On top
-of the params file they override a few parameters (image size, camera rate, seed), hand the
-inference node its policy (timed, so latency is measured where it is spent; or the scripted expert
-in place of a checkpoint), and add one `Observer` node that watches topics and calls services
-from outside, as a user's tools would.
+of the params file they override a few parameters (image size, camera rate, seed), time the
+inference node's policy where the latency is spent (or seat the scripted expert in its place),
+and add one `Observer` node that watches topics and calls services from outside, as a user's
+tools would.
 
 The sim world is process-wide (`shared_world`, bound to the camera thread's GL context): one
 SimGraph per process.
