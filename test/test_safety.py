@@ -255,3 +255,21 @@ def test_core_imports_without_rclpy():
     code = blocked + "import evo1_ros.runtime.servo, evo1_ros.robot.backends; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_trajectories_planned_before_a_reset_or_recover_are_refused():
+    """A window in flight across a sim reset must not drag the arm back to the old plan."""
+    loop, backend, clock = make_loop()
+    goal = np.append(xarm6.HOME + 0.3, 0.0)
+    planned = clock.now
+    run(loop, clock, 0.05)
+    loop.reset()
+    with pytest.raises(TrajectoryRejected, match="before the last reset"):
+        loop.submit([clock.now + 0.5], [goal], stamp=planned)
+    run(loop, clock, 0.05)
+    loop.recover()
+    with pytest.raises(TrajectoryRejected, match="before the last reset"):
+        loop.submit([clock.now + 0.5], [goal], stamp=clock.now - 0.01)
+    loop.submit([clock.now + 0.5], [goal], stamp=clock.now)  # planned after: followed
+    run(loop, clock, 0.3)
+    assert np.abs(backend.commands[-1][:6] - xarm6.HOME).max() > 0.02  # moving until the watchdog

@@ -102,14 +102,14 @@ class Xarm6DriverNode(Node):
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         try:
-            times, points = self._trajectory_arrays(msg)
-            self.loop.submit(times, points)
+            stamp, times, points = self._trajectory_arrays(msg)
+            self.loop.submit(times, points, stamp)
         except TrajectoryRejected as e:
             self._log_rejection(str(e))
 
-    def _trajectory_arrays(self, msg: JointTrajectory) -> tuple[np.ndarray, np.ndarray]:
-        """(times on the servo loop's clock, points (n, 7)) from a message naming joints in any
-        order; without drive_joint the gripper keeps its current command."""
+    def _trajectory_arrays(self, msg: JointTrajectory) -> tuple[float, np.ndarray, np.ndarray]:
+        """(stamp and times on the servo loop's clock, points (n, 7)) from a message naming joints
+        in any order; without drive_joint the gripper keeps its current command."""
         index = {name: i for i, name in enumerate(msg.joint_names)}
         missing = [name for name in xarm6.JOINT_NAMES if name not in index]
         if missing:
@@ -124,9 +124,9 @@ class Xarm6DriverNode(Node):
                            for point in msg.points], dtype=float).reshape(-1, len(JOINT_STATE_NAMES))
         # Map the ROS stamp onto the loop's monotonic clock through "now" on both clocks.
         ros_now = self.get_clock().now().nanoseconds * 1e-9
-        start = stamp_seconds(msg.header.stamp) or ros_now
+        start = self.loop.clock() + ((stamp_seconds(msg.header.stamp) or ros_now) - ros_now)
         offsets = np.array([stamp_seconds(point.time_from_start) for point in msg.points])
-        return self.loop.clock() + (start - ros_now) + offsets, points
+        return start, start + offsets, points
 
     def _log_rejection(self, reason: str) -> None:
         if reason != self._last_rejection_log:  # a broken publisher sends the same thing at 30 Hz

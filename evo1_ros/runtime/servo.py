@@ -90,6 +90,9 @@ class ServoLoop:
         self._state: RobotState | None = None
         self._connected = False
         self._commanded_at = -math.inf  # when the filter's last command was computed
+        # Trajectories stamped before the last reset/recover were planned for a world that is gone
+        # (a window in flight during a sim reset would drag the arm back): refused.
+        self._not_before = -math.inf
         self._fault, self._fault_code, self._rejected = "", None, ""
         self._ticks = self._overruns = 0
         self.wake_times: collections.deque = collections.deque(maxlen=TIMING_WINDOW)
@@ -128,11 +131,14 @@ class ServoLoop:
             except Exception:  # shutting down: nothing left to report to
                 pass
 
-    def submit(self, times: np.ndarray, points: np.ndarray) -> None:
-        """Follow a trajectory: times (n,) on this loop's clock, points (n, 7) joints + gripper.
-        Raises TrajectoryRejected (e-stop latched, NaN/inf, times not increasing, all stale)."""
+    def submit(self, times: np.ndarray, points: np.ndarray, stamp: float | None = None) -> None:
+        """Follow a trajectory: times (n,) on this loop's clock, points (n, 7) joints + gripper,
+        planned at `stamp` (this clock; None = now). Raises TrajectoryRejected (e-stop latched,
+        NaN/inf, times not increasing, all stale, planned before the last reset/recover)."""
         arrival = self.clock()
         try:
+            if stamp is not None and stamp < self._not_before:
+                raise TrajectoryRejected("trajectory was planned before the last reset/recover")
             times, points = self._filter.check_trajectory(times, points, arrival)
         except TrajectoryRejected as e:
             self._rejected = str(e)
@@ -144,6 +150,7 @@ class ServoLoop:
         self._inbox.append((self._trajectory.clear, None))
 
     def reset(self) -> None:
+        self._not_before = self.clock()
         self._filter.reset()
         self._inbox.append((self._trajectory.clear, None))
 
@@ -264,6 +271,7 @@ class ServoLoop:
             self._fault, self._fault_code = e.words, e.code
             raise
         self._connected = True
+        self._not_before = self.clock()
         self._filter.sync(state.positions, state.gripper)
         self._commanded_at = self.clock()
         self._trajectory.clear()
