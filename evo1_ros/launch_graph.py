@@ -240,8 +240,9 @@ def create_nodes(graph: Graph, node_kwargs: Callable[[NodeSpec, dict], dict] | N
             node.destroy_node()
         raise
     if "evo1_sim" in built and "xarm6_driver" in built:
-        # as sim_node's main does: after an episode reset the driver restarts from the arm's new pose
-        built["evo1_sim"].on_reset = built["xarm6_driver"].loop.recover
+        from evo1_ros.nodes.sim import follow_resets
+
+        follow_resets(built["evo1_sim"], built["xarm6_driver"])
     return built
 
 
@@ -262,35 +263,6 @@ def run(args) -> int:
                       f"{ {k: v for k, v in node.parameters.items() if k != 'robot_description'} }")
         return 0
 
-    import signal
+    from evo1_ros.nodes.spin import run_nodes
 
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    # Ctrl-C (and SIGTERM) raise KeyboardInterrupt here instead of shutting rclpy down under the
-    # executor: the nodes are destroyed first, while the driver can still command and report the stop.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    nodes = {}
-    try:
-        try:
-            nodes = create_nodes(graph)
-        except RuntimeError as e:
-            print(f"evo1-ros launch: {e}", file=sys.stderr)
-            return 1
-        # A thread per node's timers, plus one so the inference control timer never waits behind images.
-        executor = MultiThreadedExecutor(num_threads=len(nodes) + 2)
-        for node in nodes.values():
-            executor.add_node(node)
-        executor.spin()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        # A second Ctrl-C must not cut the driver's stop short. Reverse order: inference stops
-        # sending before the driver halts the arm and lets go.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for node in reversed(nodes.values()):
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_nodes(lambda: list(create_nodes(graph).values()), "evo1_ros_launch")

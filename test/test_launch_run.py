@@ -235,5 +235,5 @@ def test_a_node_that_cannot_start_is_named_and_nothing_keeps_running():
                              "cameras:=base:_000000000001", "checkpoint:=/nonexistent"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
-    assert "evo1-ros launch: evo1_camera failed to start:" in result.stderr
+    assert "[evo1_ros_launch]: evo1_camera failed to start:" in result.stderr
     assert "Traceback" not in result.stderr

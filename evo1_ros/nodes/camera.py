@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
 from evo1_ros.nodes.messages import array_to_image, to_time
+from evo1_ros.nodes.spin import run_nodes
 
 
 @dataclass(frozen=True)
@@ -145,24 +144,7 @@ class CameraNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    try:
-        node = CameraNode()
-    except (ValueError, RuntimeError) as e:  # a configuration problem: say it, without a traceback
-        rclpy.logging.get_logger("evo1_camera").fatal(str(e))
-        rclpy.try_shutdown()
-        raise SystemExit(1)
-    except KeyboardInterrupt:  # Ctrl-C while the model loads
-        rclpy.try_shutdown()
-        return
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-
+    raise SystemExit(run_nodes(lambda: [CameraNode()], "evo1_camera", args))
 
 if __name__ == "__main__":
     main()

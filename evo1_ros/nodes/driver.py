@@ -16,10 +16,8 @@ E-stop button. A backend error, by contrast, stops the arm through the controlle
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -32,6 +30,7 @@ from evo1_ros.robot.backend import DriverBackend, RobotState
 from evo1_ros.robot.backends import make_backend
 from evo1_ros.runtime.safety import SafetyLimits, TrajectoryRejected
 from evo1_ros.runtime.servo import ServoLoop
+from evo1_ros.nodes.spin import run_nodes
 
 JOINT_STATE_NAMES = list(xarm6.JOINT_NAMES) + [xarm6.GRIPPER_JOINT]
 DIAGNOSTICS_PERIOD_S = 0.5
@@ -195,12 +194,4 @@ class Xarm6DriverNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = Xarm6DriverNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    raise SystemExit(run_nodes(lambda: [Xarm6DriverNode()], "xarm6_driver", args))

@@ -22,12 +22,10 @@ from collections import deque
 from typing import Sequence
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -40,6 +38,7 @@ from evo1_ros.nodes.messages import MessageError, check_color_image, image_to_rg
 from evo1_ros.robot.xarm6 import GRIPPER_JOINT, JOINT_NAMES, NUM_JOINTS, tcp_positions
 from evo1_ros.runtime.chunking import MODES, ChunkScheduler
 from evo1_ros.runtime.policy import ChunkPolicy
+from evo1_ros.nodes.spin import run_nodes
 
 PARAMETERS = {
     "checkpoint": ("", "Evo-1 checkpoint directory"),
@@ -343,27 +342,8 @@ class InferenceNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    try:
-        node = InferenceNode()
-    except (ValueError, RuntimeError) as e:  # a configuration problem: say it, without a traceback
-        rclpy.logging.get_logger("evo1_inference").fatal(str(e))
-        rclpy.try_shutdown()
-        raise SystemExit(1)
-    except KeyboardInterrupt:  # Ctrl-C while the model loads
-        rclpy.try_shutdown()
-        return
-    try:
-        # Two threads: the control timer runs while image/joint-state callbacks are handled.
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-
+    # Two threads: the control timer runs while image/joint-state callbacks are handled.
+    raise SystemExit(run_nodes(lambda: [InferenceNode()], "evo1_inference", args, threads=2))
 
 if __name__ == "__main__":
     main()

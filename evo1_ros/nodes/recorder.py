@@ -15,8 +15,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -25,6 +23,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from evo1_ros.data import bag
+from evo1_ros.nodes.spin import run_nodes
 
 # Best effort accepts both reliable and best-effort publishers (a reliable subscriber would get
 # nothing from a best-effort one); the depth absorbs bursts while the bag is being flushed.
@@ -99,6 +98,11 @@ class RecorderNode(Node):
         writer, self.writer = self.writer, None
         return writer.close(success, self.get_parameter("operator_note").value)
 
+    def destroy_node(self):
+        if self.writer is not None:  # interrupted mid-episode: keep it, outcome unknown
+            self.stop(None)
+        return super().destroy_node()
+
     def discard(self) -> Path:
         if self.writer is None:
             raise RuntimeError("no episode is recording")
@@ -130,18 +134,7 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = RecorderNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node.writer is not None:  # interrupted mid-episode: keep it, outcome unknown
-            node.stop(None)
-        node.destroy_node()
-        rclpy.try_shutdown()
-
+    raise SystemExit(run_nodes(lambda: [RecorderNode()], "recorder", args))
 
 if __name__ == "__main__":
     main()

@@ -15,8 +15,6 @@ import threading
 import time
 from typing import Callable
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -27,6 +25,7 @@ from evo1_ros.nodes.camera import Intrinsics, camera_info
 from evo1_ros.nodes.messages import array_to_image, to_time
 from evo1_ros.sim.mjcf import CAMERAS
 from evo1_ros.sim.world import SimWorld, shared_world
+from evo1_ros.nodes.spin import run_nodes
 
 
 class SimNode(Node):
@@ -103,31 +102,23 @@ class SimNode(Node):
         return super().destroy_node()
 
 
+def follow_resets(sim: SimNode, driver) -> None:
+    """After an episode reset the arm is at HOME: the driver must start over from there, not from
+    its last command (that would drag the arm back to where the previous episode ended)."""
+    sim.on_reset = driver.loop.recover
+
+
 def main(args=None):
     from evo1_ros.nodes.driver import Xarm6DriverNode
     from evo1_ros.sim.backend import SimBackend
 
-    rclpy.init(args=args)
-    nodes = []
-    try:
+    def build():
         sim = SimNode()
-        nodes.append(sim)
         driver = Xarm6DriverNode(backend=SimBackend(sim.world))
-        nodes.append(driver)
-        # after a reset the arm is at HOME: the driver must start over from there, not from its
-        # last command (that would drag the arm back to where the previous episode ended)
-        sim.on_reset = driver.loop.recover
-        executor = MultiThreadedExecutor()
-        for node in nodes:
-            executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        for node in nodes:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        follow_resets(sim, driver)
+        return [sim, driver]
 
+    raise SystemExit(run_nodes(build, "evo1_sim", args))
 
 if __name__ == "__main__":
     main()
