@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -55,6 +56,11 @@ class Evo1ChunkPolicy:
         torch_dtype = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if dtype not in torch_dtype:
             raise ValueError(f"dtype must be one of float32, bfloat16, float16; got {dtype!r}")
+        if torch.device(device).type == "cpu":
+            # The policy shares the machine with the servo loop, cameras (and in sim, rendering and
+            # physics); torch's default of one spinning thread per core starves them and itself
+            # (on 2 loaded cores: seconds per tiny chunk instead of 0.25 s). Half the cores.
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
         model, processor = load_checkpoint(path, device=device, dtype=torch_dtype[dtype])
         if processor.normalizer is None:
             raise ValueError(f"{path} has no norm_stats.json: cannot map actions to robot units")

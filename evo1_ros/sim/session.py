@@ -14,7 +14,6 @@ SimGraph per process.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -182,13 +181,6 @@ class SimGraph:
                 kwargs["policy"] = ExpertPolicy(built["evo1_sim"].world, action_dt=1.0 / control_rate)
             return kwargs
 
-        if checkpoint != EXPERT:  # the inference node loads it, as under ros2 launch
-            import torch
-
-            # Rendering, physics and the servo loop share this process's cores with the policy; torch's
-            # default of one spinning thread per core then starves them and itself (on 2 loaded cores:
-            # 6 s per tiny chunk instead of 0.25 s). Half the cores for the policy.
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
         # A context of our own, so callers (tests) may run other rclpy work in the same process.
         self.context = rclpy.Context()
