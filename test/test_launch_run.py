@@ -220,9 +220,8 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
         probe.close()
     log = "".join(output)
     assert rc == 0, log[-4000:]
-    if launcher == "evo1-ros":
-        assert "Traceback" not in log, log[-4000:]
-    else:  # each node process's own main handles the SIGINT that ros2 launch passes on
+    assert "Traceback" not in log, log[-4000:]
+    if launcher != "evo1-ros":  # each node process's own main handles the SIGINT that ros2 launch passes on
         executables = ["sim_node"] if use_sim == "true" else ["xarm6_driver", "robot_state_publisher", "rviz2"]
         for executable in executables + ["inference_node"]:
             assert re.search(rf"\[{executable}-\d+\]: process has finished cleanly", log), log[-4000:]
