@@ -7,7 +7,7 @@ Same random weights and the same inputs for every path in one run:
   (a) naive    - what the reference server does: all 3 view slots through the ViT, the prompt
                  padded to 1024 tokens, context keys/values recomputed at every Euler step, eager.
   (b) engine   - ours (`Evo1Engine`): backend torch (CUDA graph on GPU) and onnx.
-  (c) lerobot  - LeRobot 0.6.1 Evo1Policy (benchmarks/parity_lerobot.py builds it), when importable.
+  (c) lerobot  - LeRobot 0.6.1 Evo1Policy through shared/tools/lerobot_evo1_probe.py, when importable.
 Prints a table (p50/p99 ms, chunks/s, peak GPU memory) and writes JSON.
 """
 
@@ -93,14 +93,22 @@ def timed(fn, iters: int, device: str) -> dict:
     }
 
 
-def lerobot_runner(views: int, steps: int, device: str):
-    """LeRobot's Evo1Policy on the same shapes, or None when lerobot is not importable."""
-    try:
-        from parity_lerobot import build_lerobot_policy  # benchmarks/parity_lerobot.py
-    except ImportError:
+def lerobot_row(views: int, steps: int, iters: int) -> dict | None:
+    """LeRobot's Evo1Policy timed by the shared probe (shared/tools/lerobot_evo1_probe.py, random
+    weights, no hub) in a subprocess, or None when lerobot or the probe is not here."""
+    import importlib.util
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    probe = next((p for p in (root / "shared", root.parent / "shared") if (p / "tools").is_dir()), None)
+    if importlib.util.find_spec("lerobot") is None or probe is None:
         return None
-    policy, batch = build_lerobot_policy(views=views, steps=steps, device=device)
-    return lambda: policy.predict_action_chunk(batch)
+    out = Path(tempfile.mkdtemp()) / "lerobot.json"
+    subprocess.run([sys.executable, str(probe / "tools" / "lerobot_evo1_probe.py"), "--views", str(views),
+                    "--steps", str(steps), "--iters", str(iters), "--out", str(out)], check=True)
+    r = json.loads(out.read_text())
+    return {"p50_ms": r["p50_ms"], "p99_ms": r["p90_ms"], "chunks_per_s": 1e3 / r["p50_ms"],
+            "peak_gib": r["peak_gib"], "note": "probe reports p90, shown as p99"}
 
 
 def run(args) -> list[dict]:
@@ -128,13 +136,15 @@ def run(args) -> list[dict]:
                     engine.steps = steps
                     engine._graphs.clear()  # graphs are captured for a fixed step count
                     paths[name] = lambda e=engine: e.predict(obs, mask, noise)
-                if device == "cuda" and not args.no_lerobot:
-                    runner = lerobot_runner(views, steps, device)
-                    if runner is not None:
-                        paths["lerobot"] = runner
+                timings = {}
                 for name, fn in paths.items():
                     with torch.inference_mode():
-                        r = timed(fn, args.iters, device)
+                        timings[name] = timed(fn, args.iters, device)
+                if device == "cuda" and not args.no_lerobot:
+                    lerobot = lerobot_row(views, steps, args.iters)
+                    if lerobot is not None:
+                        timings["lerobot"] = lerobot
+                for name, r in timings.items():
                     rows.append({"preset": preset_name, "device": device, "views": views, "steps": steps,
                                  "path": name, **r})
                     print(f"{preset_name:11s} {device:4s} views={views} steps={steps:2d} {name:13s} "
