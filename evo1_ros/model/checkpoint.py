@@ -151,46 +151,45 @@ def _check_fixed_table(name: str, value: torch.Tensor, cfg: Evo1Config, source: 
         raise CheckpointError(f"{source}: buffer {name} is not the fixed sinusoidal table this model uses")
 
 
-def convert_head(foreign: dict, cfg: Evo1Config, source: str) -> tuple[dict, list[str]]:
-    """Foreign action-head weights (names relative to the head) -> ours under `head.`;
-    returns the converted dict and the foreign keys no rule knows."""
+def _convert(foreign: dict, prefix: str, renames, packed: re.Pattern, packed_name: str, skip) -> tuple[dict, list[str]]:
+    """Foreign weights -> ours under `prefix` through `renames`. A packed q/k/v tensor (matched by
+    `packed`, groups: index, weight|bias) is split in three named by `packed_name`; `skip(key,
+    value)` is True for keys dropped on purpose. Returns (converted, foreign keys no rule knows)."""
     out, unknown = {}, []
     for key, value in foreign.items():
-        if key in _FIXED_TABLES:
-            _check_fixed_table(key, value, cfg, source)
+        if skip(key, value):
             continue
-        packed = _PACKED_QKV.match(key)
-        if packed:
-            block, kind = packed.groups()
+        match = packed.match(key)
+        if match:
+            index, kind = match.groups()
             for proj, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                out[f"head.blocks.{block}.attn.{proj}.{kind}"] = part.clone()
+                out[prefix + packed_name.format(index=index, proj=proj, kind=kind)] = part.clone()
             continue
-        new = _rename(key, _HEAD_RENAMES)
+        new = _rename(key, renames)
         if new is None:
             unknown.append(key)
         else:
-            out["head." + new] = value
+            out[prefix + new] = value
     return out, unknown
+
+
+def convert_head(foreign: dict, cfg: Evo1Config, source: str) -> tuple[dict, list[str]]:
+    """Foreign action-head weights (names relative to the head) -> ours under `head.`."""
+
+    def fixed_table(key, value) -> bool:
+        if key not in _FIXED_TABLES:
+            return False
+        _check_fixed_table(key, value, cfg, source)
+        return True
+
+    return _convert(foreign, "head.", _HEAD_RENAMES, _PACKED_QKV, "blocks.{index}.attn.{proj}.{kind}", fixed_table)
 
 
 def convert_remote_vlm(foreign: dict) -> tuple[dict, list[str]]:
     """Remote-code InternVL weights (relative to the InternVL model) -> ours under `vlm.`."""
-    out, unknown = {}, []
-    for key, value in foreign.items():
-        if _UNUSED_LM_HEAD.search(key):
-            continue
-        qkv = _REMOTE_QKV.match(key)
-        if qkv:
-            layer, kind = qkv.groups()
-            for proj, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                out[f"vlm.vision_tower.encoder.layer.{layer}.attention.{proj}.{kind}"] = part.clone()
-            continue
-        new = _rename(key, _REMOTE_VLM_RENAMES)
-        if new is None:
-            unknown.append(key)
-        else:
-            out["vlm." + new] = value
-    return out, unknown
+    return _convert(foreign, "vlm.", _REMOTE_VLM_RENAMES, _REMOTE_QKV,
+                    "vision_tower.encoder.layer.{index}.attention.{proj}.{kind}",
+                    lambda key, _: bool(_UNUSED_LM_HEAD.search(key)))
 
 
 def _split_prefix(state_dict: dict, marker: str, source: str) -> str:
