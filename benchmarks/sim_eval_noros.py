@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Closed-loop sim eval WITHOUT ROS, and the sampler-noise diagnostic, for fast checkpoint tuning.
+
+`evo1-ros eval` (evo1_ros/sim/evaluate.py) is the measurement of record: it runs the real graph in
+real time. This script is the quick loop used while training: `SimWorld` + `Evo1ChunkPolicy`, no
+DDS, physics as fast as the CPU allows. Each chunk is predicted from the current frames and state,
+and its first `--execute` rows are played one `--dt` apart (receding horizon, no crossfade), which
+is how a chunk of a `--rate 10` dataset is meant to be played. Success = the can stays in the box
+for 1.5 s (as `evo1-ros eval`), within `--max-seconds` of sim time.
+
+    MUJOCO_GL=osmesa python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --seeds 0 50
+    MUJOCO_GL=osmesa python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --seeds 0 50 --zero-noise
+    python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --openloop /work/demos/dataset_112
+
+`--zero-noise` starts the Euler integration at the noise's mean (0) instead of a uniform draw: the
+deterministic sampler. `--openloop DATASET` compares predicted chunks with a dataset's recorded
+actions (first 8 rows, mean |error| per joint) under both samplers: a model that learned the
+conditional mean but not to undo the noise shows a small zero-noise error and a large random one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from evo1_ros.runtime.policy import Evo1ChunkPolicy
+
+INSTRUCTION = "put the can in the box"
+SUCCESS_HOLD_S = 1.5
+
+
+def zero_noise(policy: Evo1ChunkPolicy) -> None:
+    """Make the policy's sampler deterministic: every chunk starts from noise = 0."""
+    engine, predict = policy.engine, policy.engine.predict
+    cfg = engine.model.config
+
+    def predict_zero(obs, mask, noise=None):
+        return predict(obs, mask, noise=torch.zeros(1, cfg.chunk_length, cfg.max_action_dim))
+
+    engine.predict = predict_zero
+
+
+def closed_loop(policy, seeds, dt: float, execute: int, max_seconds: float, image_size: int) -> list[dict]:
+    from evo1_ros.sim.world import SimWorld
+
+    world = SimWorld(image_size=image_size)
+    results, start = [], time.time()
+    for seed in seeds:
+        world.reset(seed)
+        t, held, ok, can_zmax, tcp_can_min = 0.0, 0.0, False, 0.0, np.inf
+        while t < max_seconds and not ok:
+            chunk = policy.predict_chunk([world.render("base"), world.render("wrist")], world.state(), INSTRUCTION)
+            for row in chunk[:execute]:
+                world.set_target(row[:6], row[6])
+                world.step(dt)
+                t += dt
+                held = held + dt if world.success() else 0.0
+                can = world.object_pose("can")[0]
+                can_zmax = max(can_zmax, float(can[2]))
+                tcp_can_min = min(tcp_can_min, float(np.linalg.norm(world.tcp_pose()[0] - can)))
+                if held >= SUCCESS_HOLD_S:
+                    ok = True
+                    break
+        results.append({"seed": seed, "success": ok, "seconds": round(t, 2), "can_zmax_m": round(can_zmax, 3),
+                        "tcp_can_min_m": round(tcp_can_min, 3)})
+        print(json.dumps(results[-1]), f"({time.time() - start:.0f} s)", flush=True)
+    world.close()
+    return results
+
+
+def openloop(policy, dataset: str, samples: int) -> dict:
+    from evo1_ros.data.dataset import Evo1Dataset
+
+    ds = Evo1Dataset(dataset, horizon=policy.chunk_length)
+    engine, predict = policy.engine, policy.engine.predict
+    cfg = engine.model.config
+    errors = {"random": [], "zero": []}
+    for i in np.linspace(0, len(ds) - 1, samples).astype(int):
+        item = ds[int(i)]
+        images = [item["images"][c].permute(1, 2, 0).numpy() for c in ds.cameras]
+        obs = policy.processor.observation(images, item["state"].numpy(), item["instruction"])
+        for name, noise in (("random", None), ("zero", torch.zeros(1, cfg.chunk_length, cfg.max_action_dim))):
+            actions = policy.processor.actions_to_robot(predict(obs, policy._action_mask, noise=noise)[0].float(),
+                                                        policy.action_dim)
+            errors[name].append(np.abs(actions - item["action"].numpy())[:8].mean(0))
+    return {name: {"joint_deg": np.degrees(np.mean(e, 0)[:6]).round(2).tolist(),
+                   "gripper": round(float(np.mean(e, 0)[6]), 4)} for name, e in errors.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--seeds", type=int, nargs=2, default=[0, 50], metavar=("FIRST", "END"),
+                        help="episode seeds FIRST..END-1 (default 0 50)")
+    parser.add_argument("--dt", type=float, default=0.1, help="s between chunk rows (the dataset's 1 / --rate)")
+    parser.add_argument("--execute", type=int, default=8, help="chunk rows played before the next prediction")
+    parser.add_argument("--max-seconds", type=float, default=20.0)
+    parser.add_argument("--image-size", type=int, default=224, help="camera resolution, px (as evo1-ros eval)")
+    parser.add_argument("--zero-noise", action="store_true", help="deterministic sampler (noise = 0)")
+    parser.add_argument("--openloop", metavar="DATASET", help="open-loop error on a dataset instead")
+    parser.add_argument("--samples", type=int, default=20, help="--openloop: dataset steps compared")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    policy = Evo1ChunkPolicy.from_checkpoint(args.checkpoint)
+    if args.openloop:
+        result = {"checkpoint": args.checkpoint, "dataset": args.openloop,
+                  "mean_abs_error_rows_0_7": openloop(policy, args.openloop, args.samples)}
+    else:
+        if args.zero_noise:
+            zero_noise(policy)
+        episodes = closed_loop(policy, range(*args.seeds), args.dt, args.execute, args.max_seconds, args.image_size)
+        done = [e for e in episodes if e["success"]]
+        result = {"checkpoint": args.checkpoint, "sampler": "zero-noise" if args.zero_noise else "random-noise",
+                  "seeds": args.seeds, "dt": args.dt, "execute": args.execute, "max_seconds": args.max_seconds,
+                  "success_rate": len(done) / len(episodes),
+                  "mean_success_seconds": round(float(np.mean([e["seconds"] for e in done])), 2) if done else None,
+                  "episodes": episodes}
+    print(json.dumps({k: v for k, v in result.items() if k != "episodes"}))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
