@@ -34,7 +34,7 @@ class RampPolicy:
     """Predicts the motion q(t) = HOME + slope * (t - T0) (every joint by default), sampled at the
     control period from the moment it is called, after sleeping `delay` s (a slow model)."""
 
-    num_views, action_dim = 2, 7
+    num_views, action_dim, action_rate_hz = 2, 7, 0.0  # rate unknown: the node uses its parameter
 
     def __init__(self, chunk_length=16, delay=0.0, slope=SLOPE):
         self.chunk_length, self.delay, self.slope = chunk_length, delay, np.broadcast_to(slope, (7,))

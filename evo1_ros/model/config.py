@@ -112,6 +112,9 @@ class Evo1Config:
     state_pad_value: float = 0.0
     max_text_length: int = 1024
     attn_implementation: str = "sdpa"
+    # Rate (Hz) of the actions in a chunk, i.e. of the data it was trained on; the inference node
+    # executes one action per control tick, so it runs at this rate. 0 = unknown.
+    action_rate_hz: float = 0.0
 
     def __post_init__(self):
         text = self.vlm["text_config"]

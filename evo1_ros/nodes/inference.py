@@ -40,13 +40,15 @@ from evo1_ros.runtime.chunking import MODES, ChunkScheduler
 from evo1_ros.runtime.policy import ChunkPolicy
 from evo1_ros.nodes.spin import run_nodes
 
+DEFAULT_RATE_HZ = 30.0
 PARAMETERS = {
     "checkpoint": ("", "Evo-1 checkpoint directory"),
     "instruction": ("", "language instruction; change at run time on ~/instruction"),
     "camera_topics": (["/camera/base/color/image_raw", "/camera/wrist/color/image_raw"],
                       "image topics, in the policy's view-slot order"),
     "joint_state_topic": ("/joint_states", "sensor_msgs/JointState with joint1..joint6 + drive_joint"),
-    "control_rate_hz": (30.0, "publish rate of trajectory windows; one chunk action per tick"),
+    "control_rate_hz": (0.0, "publish rate of trajectory windows, one chunk action per tick; 0 = the rate "
+                             f"the checkpoint was trained at ({DEFAULT_RATE_HZ:.0f} Hz if it does not say)"),
     "chunk_mode": ("crossfade", f"how overlapping chunks combine: {', '.join(MODES)}"),
     "request_threshold": (0.5, "ask for the next chunk once this fraction of a chunk is left"),
     "ensemble_decay": (0.01, "m in the temporal-ensemble weights exp(-m i)"),
@@ -78,7 +80,11 @@ class InferenceNode(Node):
         self.joint_names = (JOINT_NAMES + (GRIPPER_JOINT,))[: self.policy.action_dim]
         self.instruction = p["instruction"]
         self.max_age = p["max_observation_age_ms"] / 1000.0
-        self.dt = 1.0 / p["control_rate_hz"]
+        rate = p["control_rate_hz"] or self.policy.action_rate_hz or DEFAULT_RATE_HZ
+        if self.policy.action_rate_hz and abs(rate - self.policy.action_rate_hz) > 1e-6:
+            self.get_logger().warning(f"control_rate_hz {rate} differs from the {self.policy.action_rate_hz} Hz the "
+                                      "policy was trained at: its motions will play faster or slower")
+        self.dt = 1.0 / rate
         self.scheduler = ChunkScheduler(self.dt, self.policy.chunk_length, p["chunk_mode"], p["request_threshold"],
                                         p["ensemble_decay"])
 
@@ -92,7 +98,7 @@ class InferenceNode(Node):
         self._requests: queue.Queue = queue.Queue()
         self._results: queue.Queue = queue.Queue()
         self._latencies: deque[float] = deque(maxlen=20)
-        self._ticks: deque[float] = deque(maxlen=int(2 * p["control_rate_hz"]) + 1)
+        self._ticks: deque[float] = deque(maxlen=int(2 * rate) + 1)
         self._chunk_obs_time: float | None = None
         self._problem = ""
         self._last_log: dict[str, float] = {}
@@ -128,7 +134,7 @@ class InferenceNode(Node):
         self.create_timer(self.dt, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0, self._publish_diagnostics, callback_group=inputs)
         self.get_logger().info(
-            f"{self.policy.chunk_length}-step chunks, mode {p['chunk_mode']}, {p['control_rate_hz']} Hz, "
+            f"{self.policy.chunk_length}-step chunks, mode {p['chunk_mode']}, {rate} Hz, "
             f"views {self.camera_topics}, instruction {self.instruction!r}")
 
     # --- setup ---------------------------------------------------------------------------------

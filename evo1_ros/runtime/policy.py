@@ -16,6 +16,7 @@ class ChunkPolicy(Protocol):
     chunk_length: int  # H, actions per chunk
     action_dim: int  # valid action dims (xArm6: 6 joints + gripper = 7)
     num_views: int  # camera views the policy expects, in slot order
+    action_rate_hz: float  # how far apart a chunk's actions are (1 / period); 0 = unknown
 
     def predict_chunk(
         self, images: Sequence[np.ndarray | None], state: np.ndarray, instruction: str
@@ -35,6 +36,7 @@ class Evo1ChunkPolicy:
         self.action_dim = action_dim
         self.chunk_length = engine.model.config.chunk_length
         self.num_views = engine.model.config.max_views
+        self.action_rate_hz = engine.model.config.action_rate_hz
         self._action_mask = self.processor.action_mask(action_dim)
 
     @classmethod

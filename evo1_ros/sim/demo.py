@@ -34,10 +34,9 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", default="", help="language instruction (default: the params file's)")
     parser.add_argument("--image-size", type=int, default=224, help="camera resolution, px (default 224)")
     parser.add_argument("--fps", type=float, default=10.0, help="camera frame rate (default 10)")
-    # 15 Hz: the grid `evo1-ros convert` samples training actions on by default, so a chunk's rows are
-    # played at the spacing they were learnt at; it also leaves a loaded CPU time for the policy.
-    parser.add_argument("--control-rate", type=float, default=15.0,
-                        help="inference control rate, Hz: the action rate of the checkpoint's data (default 15)")
+    # A chunk's rows must play at the spacing they were learnt at: the checkpoint says which.
+    parser.add_argument("--control-rate", type=float, default=0.0,
+                        help="inference control rate, Hz (default 0: the rate the checkpoint was trained at)")
     parser.add_argument("--device", default="", help="torch device for the policy (default: the params file's)")
 
 
@@ -131,7 +130,7 @@ def run(args) -> int:
             print("evo1-ros demo: interrupted; writing what was recorded", file=sys.stderr)
         elapsed = time.monotonic() - start
         success, control_rate = graph.world.success(), graph.observer.control_rate()
-        jerk = graph.observer.jerk(1.0 / args.control_rate)
+        jerk = graph.observer.jerk(graph.inference.dt)
     finally:
         graph.observer.on_frame = None
         graph.close()
@@ -139,7 +138,7 @@ def run(args) -> int:
         "checkpoint": str(checkpoint), "random_weights": random_weights,
         "instruction": graph.inference.instruction, "seed": args.seed,
         "seconds": round(elapsed, 2), "image_size": args.image_size, "target_fps": args.fps,
-        "target_control_rate_hz": args.control_rate,
+        "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "achieved_control_rate_hz": None if control_rate is None else round(control_rate, 2),
         "chunks": len(graph.policy.latencies), "inference_latency_ms": latency_ms(graph.policy.latencies),
         "mean_abs_jerk_rad_s3": None if jerk is None else round(jerk, 3),

@@ -78,7 +78,7 @@ def run(args) -> int:
         "checkpoint": str(args.checkpoint), "instruction": graph.inference.instruction,
         "episodes": len(episodes), "seed": args.seed,
         "max_seconds": args.max_seconds, "success_hold_seconds": SUCCESS_HOLD_S,
-        "image_size": args.image_size, "fps": args.fps, "target_control_rate_hz": args.control_rate,
+        "image_size": args.image_size, "fps": args.fps, "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "success_rate": sum(e["success"] for e in episodes) / len(episodes),
         "mean_episode_seconds": mean("seconds"), "mean_abs_jerk_rad_s3": mean("mean_abs_jerk_rad_s3"),
         "achieved_control_rate_hz": mean("control_rate_hz"),

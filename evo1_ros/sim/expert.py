@@ -182,6 +182,7 @@ class ExpertPolicy:
 
     def __init__(self, world: SimWorld, action_dt: float = 1 / 30, chunk_length: int = 50):
         self.world, self.action_dt, self.chunk_length = world, action_dt, chunk_length
+        self.action_rate_hz = 1.0 / action_dt
         self._episode, self._plan, self._t0 = None, None, 0.0
 
     def predict_chunk(self, images: Sequence[np.ndarray | None], state: np.ndarray, instruction: str) -> np.ndarray:

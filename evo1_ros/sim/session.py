@@ -147,15 +147,21 @@ class Observer(Node):
         return response.message
 
 
+EXPERT_RATE_HZ = 10.0  # the expert's chunk rows are this far apart unless a control rate is given
+
+
 class SimGraph:
     """The graph running on a background MultiThreadedExecutor; `close()` stops it."""
 
     def __init__(self, checkpoint: str | Path, instruction: str = "", image_size: int = 224,
-                 fps: float = 10.0, control_rate: float = 15.0, seed: int = 0, device: str = "",
+                 fps: float = 10.0, control_rate: float = 0.0, seed: int = 0, device: str = "",
                  record_cameras: bool = False):
         """checkpoint: a checkpoint directory or "expert"; instruction, device: "" keeps the params
-        file's; seed: the first episode's (each reset adds one)."""
-        arguments = {"use_sim": "true", "instruction": instruction, "control_rate": str(control_rate)}
+        file's; seed: the first episode's (each reset adds one); control_rate 0: the checkpoint's
+        action rate (EXPERT_RATE_HZ for the expert)."""
+        if checkpoint == EXPERT:
+            control_rate = control_rate or EXPERT_RATE_HZ
+        arguments = {"use_sim": "true", "instruction": instruction, "control_rate": str(control_rate or "")}
         if checkpoint != EXPERT:
             arguments["checkpoint"] = str(checkpoint)
         graph = xarm6_inference(arguments)

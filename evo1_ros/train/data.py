@@ -42,6 +42,9 @@ def open_datasets(dirs: list[str | Path], cfg: Evo1Config) -> tuple[ConcatDatase
                             f"{cfg.max_views} views")
         if len(ds.cameras) == 0:
             raise DataError(f"{d}: dataset has no cameras")
+        if metas and meta["fps"] != metas[0]["fps"]:
+            raise DataError(f"{d}: {meta['fps']} Hz differs from {dirs[0]}'s {metas[0]['fps']} Hz; "
+                            "convert with the same --rate")
         if metas and meta["image_size"] != metas[0]["image_size"]:
             raise DataError(f"{d}: image size {meta['image_size']} differs from {dirs[0]}'s "
                             f"{metas[0]['image_size']}; convert with the same --image-size")
@@ -53,6 +56,7 @@ def open_datasets(dirs: list[str | Path], cfg: Evo1Config) -> tuple[ConcatDatase
         parts.append(ds)
         metas.append(meta)
         stats.append(ds.norm_stats)
+    cfg.action_rate_hz = float(metas[0]["fps"])  # the checkpoint remembers how far apart its actions are
     normalizer = Normalizer(robot=ROBOT, mode="bounds", stats={
         "observation.state": merge_stats([s["state"] for s in stats], [len(p) for p in parts]),
         "action": merge_stats([s["action"] for s in stats], [len(p) for p in parts]),
