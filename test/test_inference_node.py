@@ -169,6 +169,10 @@ def test_slow_policy_never_delays_the_control_timer_nor_stalls_a_seam(rig_factor
               for m in trajectories for p in m.points]
     assert np.median(errors) < SLOPE / RATE / 3
     assert trajectories[0].joint_names == NAMES and len(trajectories[0].points[0].positions) == 7
+    # Observation -> first action: the policy's 3 periods, then at most about a tick's wait.
+    latencies = np.array(rig.node.obs_to_action)
+    assert len(latencies) >= 3 and (latencies >= 3 / RATE - 1e-3).all()
+    assert np.median(latencies) < 3 / RATE + 3 / RATE  # generous: the machine may be busy
 
     # Monitoring: ghost arm at a chunk's last pose, TCP path in link_base, diagnostics.
     ghost = rig.received["ghost"][-1]

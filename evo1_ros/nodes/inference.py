@@ -98,6 +98,8 @@ class InferenceNode(Node):
         self._requests: queue.Queue = queue.Queue()
         self._results: queue.Queue = queue.Queue()
         self._latencies: deque[float] = deque(maxlen=20)
+        # observation taken -> first action of its chunk published: inference + waiting for a tick
+        self.obs_to_action: deque[float] = deque(maxlen=200)
         self._ticks: deque[float] = deque(maxlen=int(2 * rate) + 1)
         self._chunk_obs_time: float | None = None
         self._problem = ""
@@ -260,6 +262,7 @@ class InferenceNode(Node):
                            "(see inference_latency_ms in /diagnostics)")
             return
         self._chunk_obs_time = obs_time
+        self.obs_to_action.append(now - obs_time)  # this tick publishes the chunk's first action
         if self._follow is not None:
             self._send_goal(now)
 
@@ -325,6 +328,7 @@ class InferenceNode(Node):
         values = {
             "inference_latency_ms": f"{1000 * self._latencies[-1]:.1f}" if self._latencies else "n/a",
             "inference_latency_mean_ms": f"{1000 * np.mean(self._latencies):.1f}" if self._latencies else "n/a",
+            "observation_to_action_ms": f"{1000 * self.obs_to_action[-1]:.1f}" if self.obs_to_action else "n/a",
             "chunk_age_ms": f"{1000 * (now - self._chunk_obs_time):.0f}" if self._chunk_obs_time else "n/a",
             "control_rate_hz": f"{rate:.1f}",
             "planned_steps": str(self.scheduler.remaining(now)),
