@@ -134,7 +134,9 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> None:
-    raise SystemExit(run_nodes(lambda: [RecorderNode()], "recorder", args))
+    # Single-threaded: the episode writer is fed and flushed in arrival order, and no raw message is
+    # lost (see run_nodes).
+    raise SystemExit(run_nodes(lambda: [RecorderNode()], "recorder", args, threads=1))
 
 if __name__ == "__main__":
     main()

@@ -13,13 +13,13 @@ import signal
 from typing import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 
 def run_nodes(build: Callable[[], list[Node]], name: str, args=None, threads: int | None = None) -> int:
-    """Build the nodes, spin them on a multi-threaded executor until interrupted; exit status.
+    """Build the nodes, spin them until interrupted (threads=1: single-threaded); exit status.
     A ValueError/RuntimeError while building is a configuration problem: one fatal line, status 1."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -30,8 +30,12 @@ def run_nodes(build: Callable[[], list[Node]], name: str, args=None, threads: in
         except (ValueError, RuntimeError) as e:
             rclpy.logging.get_logger(name).fatal(str(e))
             return 1
-        # A thread per node's timers, plus spare ones so a control timer never waits behind images.
-        executor = MultiThreadedExecutor(num_threads=threads or len(nodes) + 2)
+        if threads == 1:
+            # With rclpy Jazzy's MultiThreadedExecutor, even at one thread, the recorder's raw
+            # subscriptions lost most messages in our tests; the single-threaded executor serves all.
+            executor = SingleThreadedExecutor()
+        else:  # a thread per node's timers, plus spare ones so a control timer never waits behind images
+            executor = MultiThreadedExecutor(num_threads=threads or len(nodes) + 2)
         for node in nodes:
             executor.add_node(node)
         executor.spin()
