@@ -188,13 +188,8 @@ def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
             got.append(s.sec * 1_000_000_000 + s.nanosec)
         older = [s for s in stamps if s <= killed - 1_000_000_000]
         assert len(older) > 50 if topic == bag.JOINT_STATES_TOPIC else len(older) > 15
-        assert set(got) <= set(stamps) and got == sorted(got)
-        # Everything up to 1 s before the kill was flushed: the bag reaches at least that far ...
-        assert got and got[-1] >= older[-1], f"{topic}: lost messages older than 1 s"
-        # ... and holds those messages, but for the odd best-effort (sensor-data QoS) sample a
-        # loaded machine drops in transit, which no flush could have saved.
-        kept = set(got) & set(older)
-        assert len(kept) >= 0.95 * len(older), f"{topic}: {len(older) - len(kept)} of {len(older)} lost"
+        assert got[: len(older)] == older, f"{topic}: lost messages older than 1 s"
+        assert set(got) <= set(stamps)
     salvaged = [m.raw for m in bag.read_messages(episode)]
     assert bag.recover(episode) == len(salvaged)
     assert bag.is_complete(episode) and bag.read_meta(episode)["recovered"] is True
