@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from evo1_ros.robot import xarm6
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from evo1_ros.robot.backends import FakeBackend
 from evo1_ros.runtime import servo
 from evo1_ros.runtime.safety import SafetyLimits
@@ -96,20 +97,12 @@ def main():
         print(f"{r['rate_hz']:>6.0f} {r['load']:<20} {str(r['realtime']):<5} {r['ticks']:>6} {r['jitter_p50_ms']:>7.3f} "
               f"{r['jitter_p99_ms']:>7.3f} {r['jitter_max_ms']:>7.3f} {r['overruns']:>8}")
     if args.json:
-        machine = {"nproc": len(os.sched_getaffinity(0)), "cpu": _cpu_model(), "python": platform.python_version(),
+        machine = {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "python": platform.python_version(),
                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
                        "spin_ms": args.spin_ms, "realtime_priority": args.realtime_priority,
                        "seconds": args.seconds, "rows": rows}, f, indent=2)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from lerobot.policies.evo1.modeling_evo1 import Evo1Policy
 from transformers import InternVLConfig, InternVLModel
 
 from evo1_ros.model.checkpoint import import_lerobot
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from evo1_ros.model.config import IMG_CONTEXT, internvl3_1b_vlm, tiny_vlm
 from evo1_ros.model.processor import images_to_pixels
 from evo1_ros.model.tokenizer import build_tiny_tokenizer, load_tokenizer
@@ -188,14 +189,6 @@ def run_case(views: int, seed: int) -> dict:
     return dict(views=views, seed=seed, batch=b, max_abs_diff=diff.max().item(), mean_abs_diff=diff.mean().item(),
                 context_max_abs_diff=context_diff(), max_abs_action=ref.abs().max().item(),
                 lerobot_s=round(t_lr, 2), ours_s=round(t_ours, 2), chunk=list(ref.shape))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 rows = []
