@@ -9,13 +9,14 @@ is how a chunk of a `--rate 10` dataset is meant to be played. Success = the can
 for 1.5 s (as `evo1-ros eval`), within `--max-seconds` of sim time.
 
     MUJOCO_GL=osmesa python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --seeds 0 50
-    MUJOCO_GL=osmesa python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --seeds 0 50 --zero-noise
+    MUJOCO_GL=osmesa python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --seeds 0 50 --noise-scale 1
     python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --openloop /work/demos/dataset_112
 
-`--zero-noise` starts the Euler integration at the noise's mean (0) instead of a uniform draw: the
-deterministic sampler. `--openloop DATASET` compares predicted chunks with a dataset's recorded
-actions (first 8 rows, mean |error| per joint) under both samplers: a model that learned the
-conditional mean but not to undo the noise shows a small zero-noise error and a large random one.
+`--noise-scale S` overrides the checkpoint's sampler noise (uniform in [-S, S]; 0 = deterministic,
+starting at the noise's mean). `--openloop DATASET` compares predicted chunks with a dataset's
+recorded actions (first 8 rows, mean |error| per joint) with the reference noise (S = 1) and with
+S = 0: a model that learned the conditional mean but not to undo the noise shows a small zero-noise
+error and a large random one.
 """
 
 from __future__ import annotations
@@ -31,17 +32,6 @@ from evo1_ros.runtime.policy import Evo1ChunkPolicy
 
 INSTRUCTION = "put the can in the box"
 SUCCESS_HOLD_S = 1.5
-
-
-def zero_noise(policy: Evo1ChunkPolicy) -> None:
-    """Make the policy's sampler deterministic: every chunk starts from noise = 0."""
-    engine, predict = policy.engine, policy.engine.predict
-    cfg = engine.model.config
-
-    def predict_zero(obs, mask, noise=None):
-        return predict(obs, mask, noise=torch.zeros(1, cfg.chunk_length, cfg.max_action_dim))
-
-    engine.predict = predict_zero
 
 
 def closed_loop(policy, seeds, dt: float, execute: int, max_seconds: float, image_size: int) -> list[dict]:
@@ -83,7 +73,8 @@ def openloop(policy, dataset: str, samples: int) -> dict:
         item = ds[int(i)]
         images = [item["images"][c].permute(1, 2, 0).numpy() for c in ds.cameras]
         obs = policy.processor.observation(images, item["state"].numpy(), item["instruction"])
-        for name, noise in (("random", None), ("zero", torch.zeros(1, cfg.chunk_length, cfg.max_action_dim))):
+        shape = (1, cfg.chunk_length, cfg.max_action_dim)
+        for name, noise in (("random", torch.rand(shape) * 2 - 1), ("zero", torch.zeros(shape))):
             actions = policy.processor.actions_to_robot(predict(obs, policy._action_mask, noise=noise)[0].float(),
                                                         policy.action_dim)
             errors[name].append(np.abs(actions - item["action"].numpy())[:8].mean(0))
@@ -100,7 +91,7 @@ def main() -> None:
     parser.add_argument("--execute", type=int, default=8, help="chunk rows played before the next prediction")
     parser.add_argument("--max-seconds", type=float, default=20.0)
     parser.add_argument("--image-size", type=int, default=224, help="camera resolution, px (as evo1-ros eval)")
-    parser.add_argument("--zero-noise", action="store_true", help="deterministic sampler (noise = 0)")
+    parser.add_argument("--noise-scale", type=float, help="sampler noise 0..1 (default: the checkpoint's)")
     parser.add_argument("--openloop", metavar="DATASET", help="open-loop error on a dataset instead")
     parser.add_argument("--samples", type=int, default=20, help="--openloop: dataset steps compared")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -108,16 +99,14 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    policy = Evo1ChunkPolicy.from_checkpoint(args.checkpoint)
+    policy = Evo1ChunkPolicy.from_checkpoint(args.checkpoint, noise_scale=args.noise_scale)
     if args.openloop:
         result = {"checkpoint": args.checkpoint, "dataset": args.openloop,
                   "mean_abs_error_rows_0_7": openloop(policy, args.openloop, args.samples)}
     else:
-        if args.zero_noise:
-            zero_noise(policy)
         episodes = closed_loop(policy, range(*args.seeds), args.dt, args.execute, args.max_seconds, args.image_size)
         done = [e for e in episodes if e["success"]]
-        result = {"checkpoint": args.checkpoint, "sampler": "zero-noise" if args.zero_noise else "random-noise",
+        result = {"checkpoint": args.checkpoint, "noise_scale": policy.engine.noise_scale,
                   "seeds": args.seeds, "dt": args.dt, "execute": args.execute, "max_seconds": args.max_seconds,
                   "success_rate": len(done) / len(episodes),
                   "mean_success_seconds": round(float(np.mean([e["seconds"] for e in done])), 2) if done else None,

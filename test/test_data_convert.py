@@ -1,6 +1,9 @@
 """Bag -> `evo1` dataset conversion: synchronisation, values, stats, the torch Dataset, errors."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +202,56 @@ def test_cli_reports_errors_and_converts(tmp_path, capsys):
     assert meta["cameras"] == ["wrist"] and meta["fps"] == 20 and meta["codec"] == "jpg"
     assert cli.main(argv) == 1  # refuses to overwrite a dataset
     assert "already holds a dataset" in capsys.readouterr().err
+
+
+LEROBOT_PYTHON = os.environ.get("EVO1_LEROBOT_PYTHON") or str(Path(__file__).parents[1] / ".venv-lerobot/bin/python")
+READ_BACK = """
+import json, sys
+import numpy as np
+from ledataset.datasets.lerobot_dataset import LeRobotDataset
+ds = LeRobotDataset("local/lr", root=sys.argv[1])
+items = [ds[i] for i in range(len(ds))]
+np.savez(sys.argv[2], frames=len(ds), episodes=ds.num_episodes, fps=ds.fps,
+         state=np.stack([x["observation.state"].numpy() for x in items]),
+         action=np.stack([x["action"].numpy() for x in items]),
+         episode=np.array([int(x["episode_index"]) for x in items]),
+         task=np.array([x["task"] for x in items]),
+         **{cam: np.stack([(x[f"observation.images.{cam}"].numpy() * 255).round().astype(np.uint8)
+                           for x in items]) for cam in ("base", "wrist")})
+"""
+
+
+@pytest.mark.skipif(not Path(LEROBOT_PYTHON).is_file(), reason="no LeRobot venv: bash scripts/setup_lerobot.sh")
+def test_lerobot_export_reads_back_with_lerobot_dataset(tmp_path):
+    from evo1_ros.data.dataset import Evo1Dataset
+
+    bags = [write_bag(tmp_path / "a", synthetic_messages(1.0)),
+            write_bag(tmp_path / "b", synthetic_messages(0.5), meta={"instruction": "other"})]
+    out = tmp_path / "lr"
+    argv = ["convert", *map(str, bags), "--out", str(out), "--format", "lerobot", "--rate", "10",
+            "--image-size", "8", "--repo-id", "local/lr", "--lerobot-python", LEROBOT_PYTHON]
+    assert cli.main(argv) == 0
+    assert (out / "meta" / "info.json").is_file() and not list(tmp_path.glob(".evo1-*"))  # staging removed
+    assert cli.main(argv) == 1  # refuses to overwrite
+
+    subprocess.run([LEROBOT_PYTHON, "-c", READ_BACK, str(out), str(tmp_path / "back.npz")], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    back = np.load(tmp_path / "back.npz")
+    convert(bags, tmp_path / "evo1", rate=10, image_size=8)
+    source = Evo1Dataset(tmp_path / "evo1", horizon=1)
+    items = [source[i] for i in range(len(source))]
+    assert int(back["frames"]) == len(source) == 15 and int(back["episodes"]) == 2 and int(back["fps"]) == 10
+    np.testing.assert_array_equal(back["state"], np.stack([x["state"].numpy() for x in items]))
+    np.testing.assert_array_equal(back["action"], np.stack([x["action"][0].numpy() for x in items]))
+    assert back["episode"].tolist() == [x["episode_index"] for x in items]
+    assert back["task"].tolist() == [x["instruction"] for x in items]
+    for cam in ("base", "wrist"):  # PNG frames: bit-exact
+        np.testing.assert_array_equal(back[cam], np.stack([x["images"][cam].numpy() for x in items]))
+
+
+def test_lerobot_export_without_its_venv_fails_clearly(tmp_path, capsys):
+    b = write_bag(tmp_path / "ep", synthetic_messages(0.5))
+    argv = ["convert", str(b), "--out", str(tmp_path / "lr"), "--format", "lerobot",
+            "--lerobot-python", str(tmp_path / "missing" / "python")]
+    assert cli.main(argv) == 1
+    assert "no LeRobot environment" in capsys.readouterr().err and not (tmp_path / "lr").exists()

@@ -70,3 +70,30 @@ def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol):
         out = engine.predict(obs, processor.action_mask(7), noise).float().cpu()
         torch.testing.assert_close(out, expected, atol=atol, rtol=0)
     assert engine._graphs
+
+
+def test_noise_scale_sets_the_spread_of_the_starting_noise(tiny, tmp_path):
+    model, processor, obs, noise = tiny
+    mask = processor.action_mask(7)
+    zero = reference(model, processor, obs, torch.zeros_like(noise))
+    engine = Evo1Engine(model, processor, noise_scale=0.0)
+    # Deterministic: every chunk is the integration from the noise's mean.
+    torch.testing.assert_close(engine.predict(obs, mask), zero, atol=1e-6, rtol=0)
+    torch.testing.assert_close(engine.predict(obs, mask), zero, atol=1e-6, rtol=0)
+    # Scale s draws s x U[-1, 1] from the same generator state as the reference draw.
+    torch.manual_seed(3)
+    half = Evo1Engine(model, processor, noise_scale=0.5).predict(obs, mask)
+    torch.manual_seed(3)
+    draw = torch.rand(noise.shape) * 2 - 1
+    torch.testing.assert_close(half, reference(model, processor, obs, draw * 0.5), atol=1e-6, rtol=0)
+    assert not torch.allclose(half, zero, atol=1e-3)
+    # The checkpoint carries its sampler's scale; the node's parameter may override it.
+    model.config.noise_scale = 0.0
+    try:
+        save_checkpoint(tmp_path / "ck", model, processor.tokenizer, processor.normalizer)
+    finally:
+        model.config.noise_scale = 1.0
+    assert Evo1ChunkPolicy.from_checkpoint(tmp_path / "ck").engine.noise_scale == 0.0
+    assert Evo1ChunkPolicy.from_checkpoint(tmp_path / "ck", noise_scale=1.0).engine.noise_scale == 1.0
+    with pytest.raises(ValueError, match="noise_scale"):
+        Evo1Engine(model, processor, noise_scale=2.0)

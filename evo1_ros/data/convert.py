@@ -259,7 +259,9 @@ def convert(bags: list[Path], out: Path, rate: float = 15.0, max_age: float = 0.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bags", nargs="+", type=Path, metavar="BAG", help="episode bag directories")
     parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")
-    parser.add_argument("--format", choices=["evo1"], default="evo1", help="dataset format")
+    parser.add_argument("--format", choices=["evo1", "lerobot"], default="evo1",
+                        help="evo1 (ours, for evo1-ros train) or lerobot (a LeRobot v3 dataset, written by "
+                             "LeRobot's library in its own venv: scripts/setup_lerobot.sh)")
     parser.add_argument("--rate", type=float, default=15.0, help="grid rate in Hz (default 15)")
     parser.add_argument("--max-age", type=float, default=0.1,
                         help="oldest sample (s) a grid step may use; older ones drop the step")
@@ -271,16 +273,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", nargs="+", help="camera names to use (default: all recorded)")
     parser.add_argument("--instruction", help="instruction for bags without episode.json")
     parser.add_argument("--keep-failed", action="store_true", help="also convert failed episodes")
+    lerobot = parser.add_argument_group("--format lerobot")
+    lerobot.add_argument("--repo-id", help="the dataset's LeRobot repo id (default local/<out name>)")
+    lerobot.add_argument("--video", action="store_true",
+                         help="store cameras as mp4 video (lossy, small) instead of PNG images")
+    lerobot.add_argument("--lerobot-python", metavar="PYTHON",
+                         help="interpreter with lerobot-dataset (default $EVO1_LEROBOT_PYTHON or "
+                              ".venv-lerobot/bin/python)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from evo1_ros.data import lerobot_export
     from evo1_ros.data.bag import BagError
 
+    options = dict(rate=args.rate, max_age=args.max_age, image_size=args.image_size, codec=args.codec,
+                   action_source=args.action, cameras=args.cameras, instruction=args.instruction,
+                   keep_failed=args.keep_failed)
     try:
-        convert(args.bags, args.out, rate=args.rate, max_age=args.max_age,
-                image_size=args.image_size, codec=args.codec, action_source=args.action,
-                cameras=args.cameras, instruction=args.instruction, keep_failed=args.keep_failed)
-    except (ConversionError, BagError) as exc:
+        if args.format == "evo1":
+            convert(args.bags, args.out, **options)
+        else:
+            python = lerobot_export.lerobot_python(args.lerobot_python)  # fail before the long part
+            if args.out.exists():
+                raise ConversionError(f"{args.out} already exists")
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            # Synchronise once, in our format (PNG is lossless), then hand it to LeRobot's writer.
+            with tempfile.TemporaryDirectory(prefix=".evo1-", dir=args.out.parent) as staging:
+                convert(args.bags, Path(staging), **{**options, "codec": "png"})
+                print("writing the LeRobot dataset ...", flush=True)
+                summary = lerobot_export.run_export(Path(staging), args.out, args.repo_id or f"local/{args.out.name}",
+                                                    args.video, python)
+            print(f"LeRobot v3 dataset: {summary['episodes']} episodes, {summary['frames']} frames "
+                  f"at {summary['fps']} fps, read back and checked")
+    except (ConversionError, BagError, lerobot_export.ExportError) as exc:
         print(f"evo1-ros convert: error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}")

@@ -103,6 +103,11 @@ class Evo1Config:
     head_hidden: int = 1024  # hidden width of the output MLP
     state_hidden: int = 1024  # hidden width of the state MLP
     num_steps: int = 32  # Euler steps at inference
+    # The runtime's sampler starts from noise uniform in [-noise_scale, noise_scale]. 1 is the
+    # reference. 0 starts at the noise's mean and makes every chunk a deterministic function of
+    # the observation: right for a checkpoint that learned the conditional mean of a unimodal
+    # expert but not yet to undo the noise (see models/README.md), and repeatable on a robot.
+    noise_scale: float = 1.0
     # "mask": padded and absent-view tokens are dropped from the head's keys (LeRobot port).
     # "reference": they enter as zero rows padded to max_text_length, which is what the
     # flash-attention-trained reference checkpoints saw.
@@ -126,6 +131,8 @@ class Evo1Config:
             raise ValueError(f"head_width {self.head_width} not divisible by head_heads {self.head_heads}")
         if self.context_padding not in ("mask", "reference"):
             raise ValueError(f"context_padding must be 'mask' or 'reference', got {self.context_padding!r}")
+        if not 0.0 <= self.noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must be in [0, 1], got {self.noise_scale}")
         if not 1 <= self.max_views <= 3:
             raise ValueError(f"max_views must be 1..3, got {self.max_views}")
 

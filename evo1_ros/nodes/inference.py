@@ -56,6 +56,8 @@ PARAMETERS = {
     "dtype": ("float32", "policy compute dtype (float32, bfloat16, float16)"),
     "backend": ("torch", "inference engine backend: torch (CUDA graph on GPU) or onnx"),
     "onnx_dir": ("", "action-head ONNX graphs for backend onnx (evo1-ros export-onnx); empty: CHECKPOINT/onnx"),
+    "noise_scale": (-1.0, "spread of the sampler's starting noise, 0..1 (0 = deterministic chunks); "
+                          "negative = the checkpoint's own (noise_scale in its config.json)"),
     "max_observation_age_ms": (200.0, "older images or joint states start no new chunk"),
     "trajectory_topic": ("/evo1/joint_trajectory", "trajectory_msgs/JointTrajectory to the driver"),
     "use_follow_joint_trajectory": (False, "send FollowJointTrajectory goals instead of the topic"),
@@ -149,7 +151,8 @@ class InferenceNode(Node):
 
         onnx_dir = p["onnx_dir"] or f"{p['checkpoint']}/onnx"
         return Evo1ChunkPolicy.from_checkpoint(
-            p["checkpoint"], device=p["device"], dtype=p["dtype"], backend=p["backend"], onnx_dir=onnx_dir
+            p["checkpoint"], device=p["device"], dtype=p["dtype"], backend=p["backend"], onnx_dir=onnx_dir,
+            noise_scale=None if p["noise_scale"] < 0 else p["noise_scale"],
         )
 
     def _follow_joint_trajectory_client(self, action_name: str):

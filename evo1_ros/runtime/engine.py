@@ -149,11 +149,15 @@ class Evo1Engine:
         cuda_graph: bool = True,
         compile_vit: bool = False,
         num_steps: int | None = None,
+        noise_scale: float | None = None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model, self.processor, self.backend = model.eval(), processor, backend
         self.steps = int(num_steps or model.config.num_steps)
+        self.noise_scale = float(model.config.noise_scale if noise_scale is None else noise_scale)
+        if not 0.0 <= self.noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must be in [0, 1], got {self.noise_scale}")
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.use_graph = cuda_graph and backend == "torch" and self.device.type == "cuda"
@@ -172,7 +176,7 @@ class Evo1Engine:
         context, key_mask = self.model.context(obs)
         shape = (1, self.model.config.chunk_length, self.model.config.max_action_dim)
         if noise is None:
-            noise = torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1
+            noise = (torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1) * self.noise_scale
         noise = noise.to(device=self.device, dtype=self.dtype)
         mask = action_mask.to(device=self.device, dtype=self.dtype).unsqueeze(1)
         if self.backend == "onnx":
