@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_model  # noqa: E402  benchmarks/machine.py, beside this script
+
 from evo1_ros.model.build import xarm6_normalizer  # noqa: E402
 from evo1_ros.model.config import IMG_CONTEXT, preset  # noqa: E402
 from evo1_ros.model.evo1 import Evo1, time_index  # noqa: E402
@@ -120,9 +122,11 @@ def run(args) -> list[dict]:
             continue
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model, processor = build(preset_name, device, dtype)
-        onnx_dir = export_onnx(model, tempfile.mkdtemp())
-        engines = {"engine-torch": Evo1Engine(model, processor, backend="torch")}
-        engines["engine-onnx"] = Evo1Engine(model, processor, backend="onnx", onnx_dir=onnx_dir)
+        engine = Evo1Engine(model, processor, backend="torch")
+        # The onnx head is unrolled for a fixed step count: one export per --steps value.
+        onnx_engines = {steps: Evo1Engine(model, processor, backend="onnx", num_steps=steps,
+                                          onnx_dir=export_onnx(model, tempfile.mkdtemp(), num_steps=steps))
+                        for steps in args.steps}
         rng = np.random.default_rng(0)
         for views in args.views:
             frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(views)]
@@ -132,10 +136,10 @@ def run(args) -> list[dict]:
             for steps in args.steps:
                 noise = torch.rand(1, model.config.chunk_length, 24, device=device, dtype=dtype) * 2 - 1
                 paths = {"naive": lambda: naive_chunk(model, obs, mask, noise, steps)}
-                for name, engine in engines.items():
-                    engine.steps = steps
-                    engine._graphs.clear()  # graphs are captured for a fixed step count
-                    paths[name] = lambda e=engine: e.predict(obs, mask, noise)
+                engine.steps = steps
+                engine._graphs.clear()  # graphs are captured for a fixed step count
+                paths["engine-torch"] = lambda: engine.predict(obs, mask, noise)
+                paths["engine-onnx"] = lambda e=onnx_engines[steps]: e.predict(obs, mask, noise)
                 timings = {}
                 for name, fn in paths.items():
                     with torch.inference_mode():
@@ -160,11 +164,14 @@ def main() -> int:
     ap.add_argument("--steps", nargs="+", type=int, default=[10, 32, 50])
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--no-lerobot", action="store_true")
+    ap.add_argument("--threads", type=int, help="torch (and onnxruntime CPU) threads (default: torch's)")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(args)
     meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))

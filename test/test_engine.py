@@ -42,6 +42,9 @@ def test_onnx_engine_equals_the_plain_model(tiny, tmp_path, padding):
         assert "CPUExecutionProvider" in engine.onnx.providers
         out = engine.predict(obs, processor.action_mask(7), noise)
         torch.testing.assert_close(out, reference(model, processor, obs, noise), atol=1e-4, rtol=0)
+        # The graph is unrolled for the exported step count; another count is refused, not guessed.
+        with pytest.raises(ValueError, match="export-onnx --steps 10"):
+            Evo1Engine(model, processor, backend="onnx", onnx_dir=tmp_path, num_steps=10)
     finally:
         model.config.context_padding = "mask"
 

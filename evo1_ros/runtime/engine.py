@@ -7,7 +7,9 @@ What makes it fast, compared with the reference server's path:
 - on CUDA, the whole Euler loop captured as one CUDA graph over static buffers, so its ~1000
   small kernels launch as one (launch overhead, not arithmetic, dominates at this size);
 - optionally the ViT compiled with torch.compile;
-- an onnxruntime backend for the action head (CUDA / TensorRT providers when present).
+- an onnxruntime backend for the action head, exported as one graph with the Euler loop
+  unrolled: one call per chunk (CUDA / TensorRT providers when present; on CPU it removes the
+  per-operator Python overhead that dominates a small head).
 
 Backends compute the same function as `Evo1.sample`: tests hold them to 1e-4 in fp32.
 """
@@ -15,16 +17,16 @@ Backends compute the same function as `Evo1.sample`: tests hold them to 1e-4 in 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..model.evo1 import Evo1, time_index
+from ..model.evo1 import Evo1
 from ..model.processor import Evo1Processor
 
 BACKENDS = ("torch", "onnx")
-KV_GRAPH, VELOCITY_GRAPH = "action_head_kv.onnx", "action_head_velocity.onnx"
+HEAD_GRAPH, HEAD_INFO = "action_head.onnx", "action_head.json"
 
 
 class _GraphedDenoiser:
@@ -56,85 +58,74 @@ class _GraphedDenoiser:
         return self.out.clone()
 
 
-class _HeadVelocity(torch.nn.Module):
-    """ONNX-exportable velocity step: flat list of per-block keys/values as inputs."""
+class _HeadChunk(torch.nn.Module):
+    """The whole action head, context to chunk, with the Euler loop unrolled: exported as one
+    ONNX graph, onnxruntime runs a chunk in one call instead of one call per step."""
 
-    def __init__(self, model: Evo1):
+    def __init__(self, model: Evo1, steps: int):
         super().__init__()
-        self.head = model.head
+        self.model, self.steps = model, steps
 
-    def forward(self, x, time_emb, key_mask, *kv):
-        pairs = [(kv[2 * i], kv[2 * i + 1]) for i in range(len(kv) // 2)]
-        return self.head.velocity(x, pairs, key_mask, time_emb)
-
-
-class _HeadKeysValues(torch.nn.Module):
-    def __init__(self, model: Evo1):
-        super().__init__()
-        self.head = model.head
-
-    def forward(self, context):
-        return tuple(t for pair in self.head.context_keys_values(context) for t in pair)
+    def forward(self, context, key_mask, noise, mask):
+        kv = self.model.head.context_keys_values(context)
+        return self.model.denoise(kv, key_mask, noise, mask, self.steps)
 
 
-def export_onnx(model: Evo1, out_dir: str | Path, context_length: int = 64) -> Path:
-    """Write the action head as two ONNX graphs: context -> per-block K/V (run once per chunk)
-    and one Euler velocity step (run N times). The VLM stays in PyTorch. Uses the TorchScript
-    exporter (deprecated upstream but present in torch 2.4-2.13, and needing no onnxscript)."""
+def export_onnx(model: Evo1, out_dir: str | Path, num_steps: int | None = None, context_length: int = 64) -> Path:
+    """Write the action head (context keys/values and the `num_steps` Euler steps) as one ONNX
+    graph, HEAD_GRAPH, and the step count it was unrolled for, HEAD_INFO. The VLM stays in
+    PyTorch. Uses the TorchScript exporter (present in torch 2.4-2.13, and needing no onnxscript)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    steps = int(num_steps or model.config.num_steps)
     model = copy.deepcopy(model).float().cpu().eval()  # export in fp32, wherever the live model runs
-    width, blocks = model.config.head_width, model.config.head_blocks
-    kv_names = [f"{kind}{i}" for i in range(blocks) for kind in ("k", "v")]
-    context = torch.randn(1, context_length, width)
+    cfg = model.config
+    inputs = (
+        torch.randn(1, context_length, cfg.head_width),
+        torch.ones(1, context_length, dtype=torch.bool),
+        torch.zeros(1, cfg.chunk_length, cfg.max_action_dim),
+        torch.ones(1, 1, cfg.max_action_dim),
+    )
     with torch.no_grad():
-        kv = _HeadKeysValues(model)(context)
         torch.onnx.export(
-            _HeadKeysValues(model), (context,), str(out_dir / KV_GRAPH), dynamo=False, opset_version=17,
-            input_names=["context"], output_names=kv_names,
-            dynamic_axes={"context": {1: "context"}, **{n: {2: "context"} for n in kv_names}},
+            _HeadChunk(model, steps), inputs, str(out_dir / HEAD_GRAPH), dynamo=False, opset_version=17,
+            input_names=["context", "key_mask", "noise", "mask"], output_names=["actions"],
+            dynamic_axes={"context": {1: "context"}, "key_mask": {1: "context"}},
         )
-        x = torch.zeros(1, model.config.chunk_length, model.config.max_action_dim)
-        time_emb = model.head.time_table[:1]
-        key_mask = torch.ones(1, context_length, dtype=torch.bool)
-        torch.onnx.export(
-            _HeadVelocity(model), (x, time_emb, key_mask, *kv), str(out_dir / VELOCITY_GRAPH),
-            dynamo=False, opset_version=17,
-            input_names=["x", "time_emb", "key_mask", *kv_names], output_names=["velocity"],
-            dynamic_axes={"key_mask": {1: "context"}, **{n: {2: "context"} for n in kv_names}},
-        )
+    (out_dir / HEAD_INFO).write_text(json.dumps({"num_steps": steps}))
     return out_dir
 
 
 class _OnnxHead:
     """The action head on onnxruntime: TensorRT, then CUDA, then CPU, whichever is present."""
 
-    def __init__(self, onnx_dir: str | Path, time_table: torch.Tensor):
+    def __init__(self, onnx_dir: str | Path, steps: int):
         import onnxruntime as ort
 
         onnx_dir = Path(onnx_dir)
-        for name in (KV_GRAPH, VELOCITY_GRAPH):
+        for name in (HEAD_GRAPH, HEAD_INFO):
             if not (onnx_dir / name).is_file():
                 raise FileNotFoundError(f"{onnx_dir / name} missing: run `evo1-ros export-onnx` first")
+        exported = json.loads((onnx_dir / HEAD_INFO).read_text())["num_steps"]
+        if exported != steps:
+            raise ValueError(f"{onnx_dir} holds the head unrolled for {exported} Euler steps, the engine "
+                             f"runs {steps}: re-export with `evo1-ros export-onnx --steps {steps}`")
         wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
         providers = [p for p in wanted if p in ort.get_available_providers()]
-        self.kv = ort.InferenceSession(str(onnx_dir / KV_GRAPH), providers=providers)
-        self.velocity = ort.InferenceSession(str(onnx_dir / VELOCITY_GRAPH), providers=providers)
-        self.providers = self.velocity.get_providers()
-        self.kv_names = [o.name for o in self.kv.get_outputs()]
-        self.time_table = time_table.float().cpu().numpy()
+        options = ort.SessionOptions()
+        # On the CPU provider: as many threads as torch was given (the policy leaves the other
+        # cores to the servo loop and cameras), and no spin-waiting between operators.
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(onnx_dir / HEAD_GRAPH), options, providers=providers)
+        self.providers = self.session.get_providers()
 
-    def __call__(self, context: torch.Tensor, key_mask: torch.Tensor | None, noise, mask, steps: int) -> torch.Tensor:
-        kv = self.kv.run(None, {"context": context.float().cpu().numpy()})
-        n = kv[0].shape[2]
-        km = np.ones((1, n), dtype=bool) if key_mask is None else key_mask.cpu().numpy()
-        feed = dict(zip(self.kv_names, kv), key_mask=km)
-        x, m = (noise * mask).float().cpu().numpy(), mask.float().cpu().numpy()
-        for i in range(steps):
-            time_emb = self.time_table[time_index(i / steps)][None]
-            v = self.velocity.run(None, {**feed, "x": x * m, "time_emb": time_emb})[0]
-            x = x + (1.0 / steps) * (v * m)
-        return torch.from_numpy(x * m)
+    def __call__(self, context: torch.Tensor, key_mask: torch.Tensor | None, noise, mask) -> torch.Tensor:
+        if key_mask is None:  # "reference" padding: every key attended
+            key_mask = torch.ones(context.shape[:2], dtype=torch.bool)
+        feed = {"context": context.float().cpu().numpy(), "key_mask": key_mask.cpu().numpy(),
+                "noise": noise.float().cpu().numpy(), "mask": mask.float().cpu().numpy()}
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
 
 class Evo1Engine:
@@ -167,7 +158,7 @@ class Evo1Engine:
         if backend == "onnx":
             if onnx_dir is None:
                 raise ValueError("the onnx backend needs onnx_dir (written by `evo1-ros export-onnx`)")
-            self.onnx = _OnnxHead(onnx_dir, model.head.time_table)
+            self.onnx = _OnnxHead(onnx_dir, self.steps)
 
     @torch.inference_mode()
     def predict(self, obs: dict, action_mask: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,7 +171,7 @@ class Evo1Engine:
         noise = noise.to(device=self.device, dtype=self.dtype)
         mask = action_mask.to(device=self.device, dtype=self.dtype).unsqueeze(1)
         if self.backend == "onnx":
-            return self.onnx(context, key_mask, noise, mask, self.steps).to(self.device)
+            return self.onnx(context, key_mask, noise, mask).to(self.device)
         kv = self.model.head.context_keys_values(context)
         if not self.use_graph:
             return self.model.denoise(kv, key_mask, noise, mask, self.steps)

@@ -1,4 +1,4 @@
-"""`evo1-ros export-onnx`: a checkpoint's action head as ONNX graphs for the onnxruntime backend."""
+"""`evo1-ros export-onnx`: a checkpoint's action head as an ONNX graph for the onnxruntime backend."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="evo1_ros checkpoint directory")
     parser.add_argument("--out", help="output directory (default: CHECKPOINT/onnx)")
+    parser.add_argument("--steps", type=int, help="Euler steps to unroll (default: the checkpoint's num_steps); "
+                                                  "the onnx backend runs exactly this many")
 
 
 def run(args) -> int:
@@ -17,6 +19,7 @@ def run(args) -> int:
     from .engine import export_onnx
 
     model, _ = load_checkpoint(args.checkpoint)
-    out = export_onnx(model, args.out or Path(args.checkpoint) / "onnx")
-    print(f"wrote {out}: action-head K/V and velocity graphs (use inference parameter backend:=onnx onnx_dir:={out})")
+    out = export_onnx(model, args.out or Path(args.checkpoint) / "onnx", num_steps=args.steps)
+    print(f"wrote {out}: the action head with its Euler loop unrolled "
+          f"(use inference parameter backend:=onnx onnx_dir:={out})")
     return 0
