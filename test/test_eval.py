@@ -32,6 +32,23 @@ def test_expert_through_the_graph_succeeds(tmp_path):
     assert 0 < results["mean_abs_jerk_rad_s3"] < 100
     assert results["achieved_control_rate_hz"] > 7.5  # 15 Hz asked: at least half of it on a loaded 2-core machine
     assert "eval" in proc.stderr  # the progress bar
+    # The run reports the inference settings it ran with (here the params file's).
+    assert results["inference"] == {"backend": "torch", "chunk_mode": "crossfade", "request_threshold": 0.5,
+                                    "noise_scale": -1.0}
+
+
+def test_graph_options_override_only_what_is_given():
+    import argparse
+
+    from evo1_ros.sim.demo import add_graph_arguments, inference_overrides
+
+    parser = argparse.ArgumentParser()
+    add_graph_arguments(parser)
+    assert inference_overrides(parser.parse_args([])) == {}
+    args = parser.parse_args(["--backend", "onnx", "--chunk-mode", "open_loop", "--request-threshold", "0.2",
+                              "--device", "cpu"])
+    assert inference_overrides(args) == {"backend": "onnx", "chunk_mode": "open_loop", "request_threshold": 0.2,
+                                         "device": "cpu"}
 
 
 @pytest.mark.slow  # a minute on a loaded 2-core machine: sim world, DDS and torch start before the failure

@@ -38,6 +38,19 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-rate", type=float, default=0.0,
                         help="inference control rate, Hz (default 0: the rate the checkpoint was trained at)")
     parser.add_argument("--device", default="", help="torch device for the policy (default: the params file's)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], help="inference engine backend (default: the "
+                        "params file's); onnx reads CHECKPOINT/onnx, written by `evo1-ros export-onnx`")
+    parser.add_argument("--chunk-mode", choices=["open_loop", "temporal_ensemble", "crossfade"],
+                        help="how overlapping chunks combine (default: the params file's)")
+    parser.add_argument("--request-threshold", type=float,
+                        help="ask for the next chunk once this fraction of a chunk is left (default: the params file's)")
+
+
+def inference_overrides(args) -> dict:
+    """The inference node parameters the graph options set; the params file keeps the rest."""
+    values = {"device": args.device or None, "backend": args.backend, "chunk_mode": args.chunk_mode,
+              "request_threshold": args.request_threshold}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 class Recording:
@@ -110,7 +123,7 @@ def run(args) -> int:
               flush=True)
         try:
             graph = SimGraph(checkpoint, args.instruction, args.image_size, args.fps, args.control_rate, args.seed,
-                             args.device, record_cameras=True)
+                             inference_overrides(args), record_cameras=True)
         except RuntimeError as e:  # a node failed to start (bad checkpoint, ...): its name and why
             print(f"evo1-ros demo: {e}", file=sys.stderr)
             return 1

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from evo1_ros.sim.demo import add_graph_arguments
+from evo1_ros.sim.demo import add_graph_arguments, inference_overrides
 
 SUCCESS_HOLD_S = 1.5  # the can must stay in the box this long: carrying it over the box is no success
 
@@ -56,7 +56,7 @@ def run(args) -> int:
         return 2
     try:
         graph = SimGraph(args.checkpoint, args.instruction, args.image_size, args.fps, args.control_rate, args.seed,
-                         args.device)
+                         inference_overrides(args))
     except RuntimeError as e:  # a node failed to start (bad checkpoint, ...): its name and why
         print(f"evo1-ros eval: {e}", file=sys.stderr)
         return 1
@@ -79,6 +79,8 @@ def run(args) -> int:
         "episodes": len(episodes), "seed": args.seed,
         "max_seconds": args.max_seconds, "success_hold_seconds": SUCCESS_HOLD_S,
         "image_size": args.image_size, "fps": args.fps, "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
+        "inference": {name: graph.inference.get_parameter(name).value
+                      for name in ("backend", "chunk_mode", "request_threshold", "noise_scale")},
         "success_rate": sum(e["success"] for e in episodes) / len(episodes),
         "mean_episode_seconds": mean("seconds"), "mean_abs_jerk_rad_s3": mean("mean_abs_jerk_rad_s3"),
         "achieved_control_rate_hz": mean("control_rate_hz"),

@@ -154,11 +154,11 @@ class SimGraph:
     """The graph running on a background MultiThreadedExecutor; `close()` stops it."""
 
     def __init__(self, checkpoint: str | Path, instruction: str = "", image_size: int = 224,
-                 fps: float = 10.0, control_rate: float = 0.0, seed: int = 0, device: str = "",
+                 fps: float = 10.0, control_rate: float = 0.0, seed: int = 0, inference: dict | None = None,
                  record_cameras: bool = False):
-        """checkpoint: a checkpoint directory or "expert"; instruction, device: "" keeps the params
-        file's; seed: the first episode's (each reset adds one); control_rate 0: the checkpoint's
-        action rate (EXPERT_RATE_HZ for the expert)."""
+        """checkpoint: a checkpoint directory or "expert"; instruction: "" keeps the params file's;
+        seed: the first episode's (each reset adds one); control_rate 0: the checkpoint's action
+        rate (EXPERT_RATE_HZ for the expert); inference: evo1_inference parameters to override."""
         if checkpoint == EXPERT:
             control_rate = control_rate or EXPERT_RATE_HZ
         arguments = {"use_sim": "true", "instruction": instruction, "control_rate": str(control_rate or "")}
@@ -169,10 +169,8 @@ class SimGraph:
             "evo1_sim": {"image_size": image_size, "fps": float(fps), "seed": seed},
             # A CPU-rendered frame can come a period late under load: allow ~2.5 frame periods of age
             # (never less than the params file's default) before the inference node calls it stale.
-            "evo1_inference": {"max_observation_age_ms": max(200.0, 2500.0 / fps)},
+            "evo1_inference": {"max_observation_age_ms": max(200.0, 2500.0 / fps), **(inference or {})},
         }
-        if device:
-            overrides["evo1_inference"]["device"] = device
         graph = replace(graph, processes=tuple(
             replace(process, nodes=tuple(replace(node, parameters={**node.parameters, **overrides.get(node.name, {})})
                                          for node in process.nodes))
