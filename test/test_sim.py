@@ -108,3 +108,17 @@ def test_expert_policy_chunks_close_the_loop(world):
                 world.set_target(action[:6], action[6])
                 world.step(1 / 30)
         assert world.success()
+
+
+def test_rendering_is_headless_by_default(tmp_path):
+    # Without MUJOCO_GL MuJoCo would pick GLFW, which cannot render without a display.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
+    code = ("from evo1_ros.sim.world import SimWorld; w = SimWorld(image_size=32); w.reset(0); "
+            "import os; print(os.environ['MUJOCO_GL'], w.render('base').shape)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["osmesa", "(32,", "32,", "3)"]

@@ -21,7 +21,6 @@ Parallel runs (more of a shared CPU) need their own ROS_DOMAIN_ID, seed range an
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
@@ -126,8 +125,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"record-sim: error: seeds {seeds.start}..{seeds.stop - 1} overlap the eval seeds "
               f"{EVAL_SEEDS.start}..{EVAL_SEEDS.stop - 1}", file=sys.stderr)
         return 2
-    os.environ.setdefault("MUJOCO_GL", "osmesa")  # before mujoco is imported
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     import rclpy
 
     from evo1_ros.data import bag
