@@ -44,12 +44,13 @@ def lerobot_python(explicit: str | None) -> str:
     return python
 
 
-def run_export(evo1_dir: Path, out: Path, repo_id: str, video: bool, python: str | None = None) -> dict:
-    """Export in LeRobot's environment; returns the summary the exporter prints (frames, episodes)."""
+def run_export(evo1_dir: Path, out: Path, repo_id: str, video: bool, python: str) -> dict:
+    """Export with `python` (from `lerobot_python`), LeRobot's environment; returns the summary
+    the exporter prints (frames, episodes)."""
     package_root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(package_root), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1"}
-    cmd = [lerobot_python(python), "-m", "evo1_ros.data.lerobot_export", str(evo1_dir), str(out),
+    cmd = [python, "-m", "evo1_ros.data.lerobot_export", str(evo1_dir), str(out),
            "--repo-id", repo_id] + (["--video"] if video else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evo1_ros.runtime.chunking import MODES
+
 SHEET_COLUMNS, SHEET_ROWS = 2, 4
 
 
@@ -40,7 +42,7 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="", help="torch device for the policy (default: the params file's)")
     parser.add_argument("--backend", choices=["torch", "onnx"], help="inference engine backend (default: the "
                         "params file's); onnx reads CHECKPOINT/onnx, written by `evo1-ros export-onnx`")
-    parser.add_argument("--chunk-mode", choices=["open_loop", "temporal_ensemble", "crossfade"],
+    parser.add_argument("--chunk-mode", choices=MODES,
                         help="how overlapping chunks combine (default: the params file's)")
     parser.add_argument("--request-threshold", type=float,
                         help="ask for the next chunk once this fraction of a chunk is left (default: the params file's)")
