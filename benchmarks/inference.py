@@ -14,6 +14,7 @@ Prints a table (p50/p99 ms, chunks/s, peak GPU memory) and writes JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -72,13 +73,20 @@ def naive_chunk(model: Evo1, obs: dict, mask: torch.Tensor, noise: torch.Tensor,
     return x * m
 
 
-def timed(fn, iters: int, device: str) -> dict:
+def timed(make, iters: int, device: str) -> dict:
+    """Times one path: make() builds it (an engine, its graphs) and returns the per-chunk call.
+    Peak GPU memory counts everything the path holds while it runs, the weights included, and
+    nothing a previous path left behind."""
+    if device == "cuda":
+        gc.collect()  # engines of earlier paths hold graph pools until collected
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(3):
+    fn = make()
+    for _ in range(3):  # the first call captures the CUDA graph (and compiles, if asked)
         fn()
     sync()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(iters):
         t = time.perf_counter()
@@ -113,6 +121,21 @@ def lerobot_row(views: int, steps: int, iters: int) -> dict | None:
             "peak_gib": r["peak_gib"], "note": "probe reports p90, shown as p99"}
 
 
+def engine_paths(device: str) -> dict:
+    """Name -> Evo1Engine keyword arguments of every engine configuration timed on this device.
+    On a GPU the onnx backend is timed only with onnxruntime's CUDA provider: its CPU provider
+    would time the CPU."""
+    import onnxruntime
+
+    paths = {"engine-torch": {}}
+    if device == "cuda":
+        paths = {"engine-eager": {"cuda_graph": False}, **paths,
+                 "engine-compiled": {"torch_compile": True}}
+    if device == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        paths["engine-onnx"] = {"backend": "onnx"}
+    return paths
+
+
 def run(args) -> list[dict]:
     rows = []
     for preset_name in args.presets:
@@ -122,11 +145,10 @@ def run(args) -> list[dict]:
             continue
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model, processor = build(preset_name, device, dtype)
-        engine = Evo1Engine(model, processor, backend="torch")
+        paths = {name: kw for name, kw in engine_paths(device).items() if name not in args.skip}
         # The onnx head is unrolled for a fixed step count: one export per --steps value.
-        onnx_engines = {steps: Evo1Engine(model, processor, backend="onnx", num_steps=steps,
-                                          onnx_dir=export_onnx(model, tempfile.mkdtemp(), num_steps=steps))
-                        for steps in args.steps}
+        onnx_dirs = {steps: export_onnx(model, tempfile.mkdtemp(), num_steps=steps)
+                     for steps in args.steps if "engine-onnx" in paths}
         rng = np.random.default_rng(0)
         for views in args.views:
             frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(views)]
@@ -135,15 +157,16 @@ def run(args) -> list[dict]:
             mask = processor.action_mask(7).to(device)
             for steps in args.steps:
                 noise = torch.rand(1, model.config.chunk_length, 24, device=device, dtype=dtype) * 2 - 1
-                paths = {"naive": lambda: naive_chunk(model, obs, mask, noise, steps)}
-                engine.steps = steps
-                engine._graphs.clear()  # graphs are captured for a fixed step count
-                paths["engine-torch"] = lambda: engine.predict(obs, mask, noise)
-                paths["engine-onnx"] = lambda e=onnx_engines[steps]: e.predict(obs, mask, noise)
                 timings = {}
-                for name, fn in paths.items():
-                    with torch.inference_mode():
-                        timings[name] = timed(fn, args.iters, device)
+                with torch.inference_mode():
+                    timings["naive"] = timed(lambda: lambda: naive_chunk(model, obs, mask, noise, steps),
+                                             args.iters, device)
+                    for name, kwargs in paths.items():
+                        if kwargs.get("backend") == "onnx":
+                            kwargs = dict(kwargs, onnx_dir=onnx_dirs[steps])
+                        timings[name] = timed(lambda kw=kwargs: lambda e=Evo1Engine(
+                            model, processor, num_steps=steps, **kw): e.predict(obs, mask, noise),
+                            args.iters, device)
                 if device == "cuda" and not args.no_lerobot:
                     lerobot = lerobot_row(views, steps, args.iters)
                     if lerobot is not None:
@@ -151,10 +174,19 @@ def run(args) -> list[dict]:
                 for name, r in timings.items():
                     rows.append({"preset": preset_name, "device": device, "views": views, "steps": steps,
                                  "path": name, **r})
-                    print(f"{preset_name:11s} {device:4s} views={views} steps={steps:2d} {name:13s} "
+                    print(f"{preset_name:11s} {device:4s} views={views} steps={steps:2d} {name:15s} "
                           f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  {r['chunks_per_s']:7.1f} chunks/s"
                           + (f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""), flush=True)
+                if args.json:  # after every configuration: a long run cut short keeps what it measured
+                    write_json(args.json, rows)
     return rows
+
+
+def write_json(path: str, rows: list[dict]) -> None:
+    meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    Path(path).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
 
 
 def main() -> int:
@@ -164,17 +196,15 @@ def main() -> int:
     ap.add_argument("--steps", nargs="+", type=int, default=[10, 32, 50])
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--no-lerobot", action="store_true")
+    ap.add_argument("--skip", nargs="*", default=[], help="engine paths not to time (e.g. engine-compiled)")
     ap.add_argument("--threads", type=int, help="torch (and onnxruntime CPU) threads (default: torch's)")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(args)
-    meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": cpu_model(), "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+        write_json(args.json, rows)
     return 0
 
 

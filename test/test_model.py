@@ -54,10 +54,8 @@ def test_dropping_absent_views_equals_the_masked_full_sequence(tiny):
     """Our encoder skips absent views; LeRobot runs them and masks their tokens. Same z."""
     model, proc = tiny
     obs = obs_for(proc, views=(True, False, True))
-    z, z_mask = encode_observation(
-        model.vlm, obs["pixel_values"], obs["view_mask"], obs["input_ids"], obs["attention_mask"],
-        model.config.tokens_per_view,
-    )
+    layout = model.layout(obs)
+    z, z_mask = encode_observation(model.vlm, obs["pixel_values"], obs["input_ids"], layout), layout.z_mask
     ids = obs["input_ids"]
     is_image = ids == model.config.vlm["image_token_id"]
     slot = (is_image.cumsum(1) - 1) // model.config.tokens_per_view
@@ -72,6 +70,15 @@ def test_dropping_absent_views_equals_the_masked_full_sequence(tiny):
     full = out.last_hidden_state[attention.bool()]
     assert z_mask.sum() == attention.sum()
     torch.testing.assert_close(z[z_mask], full, atol=1e-5, rtol=1e-5)
+
+
+def test_a_prompt_whose_image_slots_do_not_match_the_views_is_refused(tiny):
+    model, proc = tiny
+    obs = obs_for(proc, views=(True, False, True))
+    ids = obs["input_ids"].clone()
+    ids[ids == model.config.vlm["image_token_id"]] = 0  # the placeholders are gone
+    with pytest.raises(ValueError, match="prompts and view masks do not match"):
+        model.layout(dict(obs, input_ids=ids))
 
 
 def test_masked_action_dims_are_zero_and_ignore_their_noise(tiny):

@@ -8,6 +8,7 @@ A max action dim (24), S max state dim (24).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -40,23 +41,36 @@ def time_index(tau: float) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def encode_observation(
-    vlm: InternVLModel,
-    pixel_values: torch.Tensor,
+@dataclass
+class TokenLayout:
+    """Where every token of a batch of prompts goes, decided from the prompts and view masks alone
+    (no pixels): which views the ViT encodes, which placeholders their tokens fill, which tokens the
+    LM keeps. Computing it is the only step of the encoder that needs the host; everything after it
+    is a fixed sequence of tensor ops, so for one instruction and set of views it can be computed
+    once and the rest captured as a CUDA graph."""
+
+    views: torch.Tensor  # (n,) indices of the present views in pixel_values.flatten(0, 1)
+    image_slots: torch.Tensor  # (n x tokens_per_view,) their placeholders in input_ids.flatten()
+    order: torch.Tensor  # (B, L') original position of each kept token, kept tokens first
+    z_mask: torch.Tensor  # (B, L') which of those rows are real tokens
+    causal: torch.Tensor  # (B, 1, L', L') bool: causal among kept tokens; padding rows see themselves
+    full: bool  # every row of z_mask is True (no key mask needed downstream)
+
+    def to(self, device) -> "TokenLayout":
+        return replace(self, **{f: getattr(self, f).to(device) for f in ("views", "image_slots", "order", "z_mask", "causal")})
+
+
+def token_layout(
     view_mask: torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    image_token_id: int,
     tokens_per_view: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """pixel_values (B, V, 3, P, P) normalised; view_mask (B, V) bool; input_ids and
-    attention_mask (B, L) right-padded prompts holding V image slots.
-
-    Returns z (B, L', D) and its validity mask (B, L'). Placeholder tokens of absent views are
-    dropped before the LM (no ViT work for them either) while every kept token keeps its
-    original position id: the result equals running the full padded sequence with those tokens
-    masked out, at a fraction of the cost.
-    """
-    image_token_id = vlm.config.image_token_id
+) -> TokenLayout:
+    """view_mask (B, V) bool; input_ids and attention_mask (B, L) right-padded prompts holding V
+    image slots. Placeholder tokens of absent views are dropped (no ViT work for them either) while
+    every kept token keeps its original position id: the encoder's result equals running the full
+    padded sequence with those tokens masked out, at a fraction of the cost."""
     is_image = input_ids == image_token_id
     # Which view each placeholder belongs to, in prompt order.
     view_of_token = ((is_image.long().cumsum(1) - 1).clamp(min=0) // tokens_per_view).clamp(
@@ -64,23 +78,42 @@ def encode_observation(
     )
     image_kept = is_image & view_mask.gather(1, view_of_token)
     keep = attention_mask.bool() & (~is_image | image_kept)
-
-    embeds = vlm.get_input_embeddings()(input_ids)
-    if bool(view_mask.any()):
-        present = pixel_values[view_mask]  # (n_present, 3, P, P), ordered (sample, view)
-        features = vlm.get_image_features(pixel_values=present, return_dict=True).pooler_output
-        embeds = embeds.masked_scatter(image_kept.unsqueeze(-1), features.to(embeds.dtype))
-
+    views = view_mask.flatten().nonzero().squeeze(1)
+    image_slots = image_kept.flatten().nonzero().squeeze(1)
+    if image_slots.numel() != views.numel() * tokens_per_view:
+        raise ValueError(
+            f"the prompts hold {image_slots.numel()} image placeholders for {views.numel()} present views "
+            f"x {tokens_per_view} tokens: prompts and view masks do not match"
+        )
     # Compact each row to its kept tokens (stable order), remembering their positions.
     lengths = keep.sum(1)
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, : int(lengths.max())]
-    z_mask = torch.arange(order.shape[1], device=order.device) < lengths.unsqueeze(1)
-    embeds = embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
-    z = vlm.language_model(
-        inputs_embeds=embeds, attention_mask=z_mask.long(), position_ids=order
-    ).last_hidden_state
+    n = order.shape[1]
+    z_mask = torch.arange(n, device=order.device) < lengths.unsqueeze(1)
+    causal = torch.ones(n, n, dtype=torch.bool, device=order.device).tril() & z_mask[:, None, :]
+    causal |= torch.eye(n, dtype=torch.bool, device=order.device)  # no row without a key
+    return TokenLayout(views, image_slots, order, z_mask, causal.unsqueeze(1), bool(z_mask.all()))
+
+
+def encode_observation(
+    vlm: InternVLModel, pixel_values: torch.Tensor, input_ids: torch.Tensor, layout: TokenLayout
+) -> torch.Tensor:
+    """pixel_values (B, V, 3, P, P) normalised, input_ids (B, L), their layout (same device).
+    Returns z (B, L', D), zero on the rows layout.z_mask marks as padding."""
+    embeds = vlm.get_input_embeddings()(input_ids)
+    if layout.views.numel():
+        present = pixel_values.flatten(0, 1).index_select(0, layout.views)  # ordered (sample, view)
+        features = vlm.get_image_features(pixel_values=present, return_dict=True).pooler_output
+        flat = embeds.flatten(0, 1).index_copy(0, layout.image_slots, features.flatten(0, 1).to(embeds.dtype))
+        embeds = flat.view_as(embeds)
+    embeds = embeds.gather(1, layout.order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    # An explicit additive mask: transformers then builds none itself (its builder reads mask
+    # values on the host, which a CUDA graph cannot do), and it reads the same under sdpa and eager.
+    bias = torch.zeros(layout.causal.shape, dtype=embeds.dtype, device=embeds.device)
+    bias = bias.masked_fill(~layout.causal, torch.finfo(embeds.dtype).min)
+    z = vlm.language_model(inputs_embeds=embeds, attention_mask=bias, position_ids=layout.order).last_hidden_state
     # Rows past a sample's length are padding: zero them so nothing of them can leak.
-    return z * z_mask.unsqueeze(-1).to(z.dtype), z_mask
+    return z * layout.z_mask.unsqueeze(-1).to(z.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,28 +231,25 @@ class Evo1(nn.Module):
         self.vlm = InternVLModel(cfg.internvl_config())
         self.head = ActionHead(cfg)
 
-    def context(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Keys/values input of every head block: z_t + the state token, with its key mask."""
-        z, z_mask = encode_observation(
-            self.vlm,
-            obs["pixel_values"],
-            obs["view_mask"],
-            obs["input_ids"],
-            obs["attention_mask"],
-            self.config.tokens_per_view,
-        )
+    def layout(self, obs: dict) -> TokenLayout:
+        return token_layout(obs["view_mask"], obs["input_ids"], obs["attention_mask"],
+                            self.vlm.config.image_token_id, self.config.tokens_per_view)
+
+    def context(self, obs: dict, layout: TokenLayout | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Keys/values input of every head block: z_t + the state token, with its key mask (None
+        when every key is valid). `layout` (on the model's device) if already known for obs."""
+        layout = self.layout(obs) if layout is None else layout
+        z = encode_observation(self.vlm, obs["pixel_values"], obs["input_ids"], layout)
         z = z.to(self.head.pool.weight.dtype)
+        state_token = self.head.state_encoder(obs["state"].to(z.dtype)).unsqueeze(1)
         if self.config.context_padding == "reference":
             # Padded and masked tokens came out of flash-attention as zero rows, all attended.
-            pad = self.config.max_text_length - z.shape[1]
-            z = F.pad(z, (0, 0, 0, max(pad, 0)))
-            z_mask = None
-        state_token = self.head.state_encoder(obs["state"].to(z.dtype)).unsqueeze(1)
+            z = F.pad(z, (0, 0, 0, max(self.config.max_text_length - z.shape[1], 0)))
+            return torch.cat([z, state_token], dim=1), None
         context = torch.cat([z, state_token], dim=1)
-        if z_mask is None:
+        if layout.full:
             return context, None
-        key_mask = F.pad(z_mask, (0, 1), value=True)
-        return context, key_mask
+        return context, F.pad(layout.z_mask, (0, 1), value=True)
 
     def loss(self, obs: dict, actions: torch.Tensor, action_mask: torch.Tensor, generator=None):
         """Flow-matching loss. actions (B, H, A) normalised; action_mask (B, H, A) bool, False on
@@ -251,7 +281,7 @@ class Evo1(nn.Module):
         generator=None,
     ) -> torch.Tensor:
         """Euler integration of the learned velocity from tau=0 (uniform noise) to tau=1.
-        action_mask (B, A) bool; returns normalised actions (B, H, A), zero on masked dims."""
+        action_mask (B, A) bool; returns normalised actions (B, H, A) in float32, zero on masked dims."""
         context, key_mask = self.context(obs)
         kv = self.head.context_keys_values(context)
         b, dtype, device = context.shape[0], context.dtype, context.device
@@ -262,16 +292,21 @@ class Evo1(nn.Module):
         mask = action_mask.to(device=device, dtype=dtype).unsqueeze(1)
         return self.denoise(kv, key_mask, noise.to(device=device, dtype=dtype), mask, num_steps)
 
-    def denoise(self, kv, key_mask, noise, mask, num_steps: int | None = None) -> torch.Tensor:
+    def denoise(self, kv, key_mask, noise, mask, num_steps: int | None = None, velocity=None) -> torch.Tensor:
         """The Euler loop alone, given the context keys/values: a fixed sequence of tensor ops
-        with no host decisions, so it can be captured as one CUDA graph."""
+        with no host decisions, so it can be captured as one CUDA graph. `velocity` replaces
+        head.velocity by an equivalent (a compiled one). The integration state stays in float32
+        whatever the model's dtype (32 small increments summed in bf16 would lose ~1e-2), and so
+        does the result."""
         steps = int(num_steps or self.config.num_steps)
+        velocity = velocity or self.head.velocity
         dt = 1.0 / steps
-        x = noise * mask
+        mask32 = mask.float()
+        x = noise.float() * mask32
         for i in range(steps):
-            time_emb = self.head.time_table[time_index(i / steps)].to(x.dtype).expand(x.shape[0], -1)
-            x = x + dt * (self.head.velocity(x * mask, kv, key_mask, time_emb) * mask)
-        return x * mask
+            time_emb = self.head.time_table[time_index(i / steps)].to(noise.dtype).expand(x.shape[0], -1)
+            x = x + dt * (velocity((x * mask32).to(noise.dtype), kv, key_mask, time_emb).float() * mask32)
+        return x * mask32
 
 
 def beta22(n: int, generator: torch.Generator | None = None) -> torch.Tensor:

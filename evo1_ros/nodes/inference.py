@@ -55,6 +55,8 @@ PARAMETERS = {
     "device": ("cpu", "torch device for the policy"),
     "dtype": ("float32", "policy compute dtype (float32, bfloat16, float16)"),
     "backend": ("torch", "inference engine backend: torch (CUDA graph on GPU) or onnx"),
+    "torch_compile": (False, "backend torch: torch.compile the context and head (fused kernels; the first "
+                             "chunk of each instruction waits for the compile, ~1 min for evo1-0.77b)"),
     "onnx_dir": ("", "action-head ONNX graphs for backend onnx (evo1-ros export-onnx); empty: CHECKPOINT/onnx"),
     "noise_scale": (-1.0, "spread of the sampler's starting noise, 0..1 (0 = deterministic chunks); "
                           "negative = the checkpoint's own (noise_scale in its config.json)"),
@@ -152,7 +154,7 @@ class InferenceNode(Node):
         onnx_dir = p["onnx_dir"] or f"{p['checkpoint']}/onnx"
         return Evo1ChunkPolicy.from_checkpoint(
             p["checkpoint"], device=p["device"], dtype=p["dtype"], backend=p["backend"], onnx_dir=onnx_dir,
-            noise_scale=None if p["noise_scale"] < 0 else p["noise_scale"],
+            torch_compile=p["torch_compile"], noise_scale=None if p["noise_scale"] < 0 else p["noise_scale"],
         )
 
     def _follow_joint_trajectory_client(self, action_name: str):

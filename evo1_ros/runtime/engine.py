@@ -1,12 +1,15 @@
 """The inference engine behind the inference node: one action chunk per observation, fast.
 
 What makes it fast, compared with the reference server's path:
-- no padding to a fixed prompt length and no ViT work for absent views (`encode_observation`);
-- prompt token ids cached per instruction (`Evo1Processor`);
+- no padding to a fixed prompt length and no ViT work for absent views (`token_layout`);
+- prompt token ids cached per instruction (`Evo1Processor`), and the token layout they give
+  computed once per instruction and set of present views;
 - each DiT block's context keys/values computed once per chunk, not once per Euler step;
-- on CUDA, the whole Euler loop captured as one CUDA graph over static buffers, so its ~1000
-  small kernels launch as one (launch overhead, not arithmetic, dominates at this size);
-- optionally the ViT compiled with torch.compile;
+- on CUDA, the whole chunk (ViT, LM, head and Euler loop) captured as one CUDA graph over static
+  buffers per layout, so its thousands of small kernels launch as one (launch overhead, not
+  arithmetic, dominates at this size);
+- optionally the context (ViT, LM, state token) and the head's velocity compiled with
+  torch.compile: fused normalisations and pointwise ops, a fraction fewer kernels;
 - an onnxruntime backend for the action head, exported as one graph with the Euler loop
   unrolled: one call per chunk (CUDA / TensorRT providers when present; on CPU it removes the
   per-operator Python overhead that dominates a small head).
@@ -29,31 +32,26 @@ BACKENDS = ("torch", "onnx")
 HEAD_GRAPH, HEAD_INFO = "action_head.onnx", "action_head.json"
 
 
-class _GraphedDenoiser:
-    """The Euler loop of one context length, captured once as a CUDA graph."""
+class _GraphedChunk:
+    """Observation to chunk for one token layout (one instruction and set of present views),
+    captured once as a CUDA graph over static input buffers: the ViT, the LM, the state token,
+    the context keys/values and the whole Euler loop replay as one launch."""
 
-    def __init__(self, model: Evo1, kv, key_mask, noise, mask, steps: int):
-        self.kv = [(k.clone(), v.clone()) for k, v in kv]
-        self.key_mask = None if key_mask is None else key_mask.clone()
-        self.noise, self.mask = noise.clone(), mask.clone()
+    def __init__(self, run, inputs: dict[str, torch.Tensor]):
+        self.inputs = {name: value.clone() for name, value in inputs.items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+        with torch.cuda.stream(side):  # warm-up outside the capture (and compiles, if any)
             for _ in range(2):
-                model.denoise(self.kv, self.key_mask, self.noise, self.mask, steps)
+                run(**self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = model.denoise(self.kv, self.key_mask, self.noise, self.mask, steps)
+            self.out = run(**self.inputs)
 
-    def __call__(self, kv, key_mask, noise, mask) -> torch.Tensor:
-        for (k, v), (sk, sv) in zip(kv, self.kv):
-            sk.copy_(k)
-            sv.copy_(v)
-        if key_mask is not None:
-            self.key_mask.copy_(key_mask)
-        self.noise.copy_(noise)
-        self.mask.copy_(mask)
+    def __call__(self, **inputs) -> torch.Tensor:
+        for name, value in inputs.items():
+            self.inputs[name].copy_(value)
         self.graph.replay()
         return self.out.clone()
 
@@ -138,7 +136,7 @@ class Evo1Engine:
         backend: str = "torch",
         onnx_dir: str | Path | None = None,
         cuda_graph: bool = True,
-        compile_vit: bool = False,
+        torch_compile: bool = False,
         num_steps: int | None = None,
         noise_scale: float | None = None,
     ):
@@ -152,30 +150,44 @@ class Evo1Engine:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.use_graph = cuda_graph and backend == "torch" and self.device.type == "cuda"
-        self._graphs: dict[tuple, _GraphedDenoiser] = {}
-        if compile_vit:
-            model.vlm.vision_tower = torch.compile(model.vlm.vision_tower)
+        self._layouts: dict[tuple, object] = {}  # per instruction and view set, on the device
+        self._graphs: dict[tuple, _GraphedChunk] = {}
+        # Compiled with inductor's default mode (fused kernels, no graphs of its own), which the
+        # CUDA graph then captures; the model itself is left as it is. The first chunk of each
+        # new layout pays the compilation (tens of seconds for the 0.77b model).
+        self.context = torch.compile(model.context) if torch_compile else model.context
+        self.velocity = torch.compile(model.head.velocity) if torch_compile else None
         if backend == "onnx":
             if onnx_dir is None:
                 raise ValueError("the onnx backend needs onnx_dir (written by `evo1-ros export-onnx`)")
             self.onnx = _OnnxHead(onnx_dir, self.steps)
 
-    @torch.inference_mode()
-    def predict(self, obs: dict, action_mask: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        obs = {k: v.to(self.device) for k, v in obs.items()}
-        obs["pixel_values"] = obs["pixel_values"].to(self.dtype)
-        context, key_mask = self.model.context(obs)
-        shape = (1, self.model.config.chunk_length, self.model.config.max_action_dim)
-        if noise is None:
-            noise = (torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1) * self.noise_scale
-        noise = noise.to(device=self.device, dtype=self.dtype)
-        mask = action_mask.to(device=self.device, dtype=self.dtype).unsqueeze(1)
+    def _chunk(self, pixel_values, state, input_ids, noise, mask, layout) -> torch.Tensor:
+        obs = {"pixel_values": pixel_values, "state": state, "input_ids": input_ids}
+        context, key_mask = self.context(obs, layout)
         if self.backend == "onnx":
             return self.onnx(context, key_mask, noise, mask).to(self.device)
         kv = self.model.head.context_keys_values(context)
+        return self.model.denoise(kv, key_mask, noise, mask, self.steps, velocity=self.velocity)
+
+    @torch.inference_mode()
+    def predict(self, obs: dict, action_mask: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        # The layout depends on the prompt and the present views only: computed once per pair.
+        key = tuple(torch.cat([obs["input_ids"].flatten(), obs["attention_mask"].flatten(),
+                               obs["view_mask"].flatten()]).tolist())
+        if key not in self._layouts:
+            self._layouts[key] = self.model.layout(obs).to(self.device)
+        layout = self._layouts[key]
+        shape = (1, self.model.config.chunk_length, self.model.config.max_action_dim)
+        if noise is None:
+            noise = (torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1) * self.noise_scale
+        inputs = {"pixel_values": obs["pixel_values"].to(self.device, self.dtype),
+                  "state": obs["state"].to(self.device),
+                  "input_ids": obs["input_ids"].to(self.device),
+                  "noise": noise.to(device=self.device, dtype=self.dtype),
+                  "mask": action_mask.to(device=self.device, dtype=self.dtype).unsqueeze(1)}
         if not self.use_graph:
-            return self.model.denoise(kv, key_mask, noise, mask, self.steps)
-        key = (context.shape[1], key_mask is None)
-        if key not in self._graphs:  # one capture per context length (per instruction, in practice)
-            self._graphs[key] = _GraphedDenoiser(self.model, kv, key_mask, noise, mask, self.steps)
-        return self._graphs[key](kv, key_mask, noise, mask)
+            return self._chunk(**inputs, layout=layout)
+        if key not in self._graphs:
+            self._graphs[key] = _GraphedChunk(lambda **x: self._chunk(**x, layout=layout), inputs)
+        return self._graphs[key](**inputs)

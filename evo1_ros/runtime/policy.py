@@ -49,6 +49,7 @@ class Evo1ChunkPolicy:
         backend: str = "torch",
         onnx_dir=None,
         cuda_graph: bool = True,
+        torch_compile: bool = False,
         noise_scale: float | None = None,
     ):
         import torch
@@ -68,7 +69,7 @@ class Evo1ChunkPolicy:
         if processor.normalizer is None:
             raise ValueError(f"{path} has no norm_stats.json: cannot map actions to robot units")
         engine = Evo1Engine(model, processor, backend=backend, onnx_dir=onnx_dir, cuda_graph=cuda_graph,
-                            num_steps=num_steps, noise_scale=noise_scale)
+                            torch_compile=torch_compile, num_steps=num_steps, noise_scale=noise_scale)
         return cls(engine, processor.normalizer.action_dim)
 
     def predict_chunk(self, images, state, instruction):
