@@ -154,6 +154,25 @@ def test_dataset_items(tmp_path):
     assert batch["images"]["wrist"].shape == (2, 3, 8, 8) and batch["action"].shape == (2, 4, 7)
 
 
+def test_image_lag_pairs_a_state_with_older_frames(tmp_path):
+    torch = pytest.importorskip("torch")
+    from evo1_ros.data.dataset import Evo1Dataset
+
+    b = write_bag(tmp_path / "ep", synthetic_messages(1.0))
+    convert([b], tmp_path / "ds", rate=10, image_size=8)
+    plain = Evo1Dataset(tmp_path / "ds", horizon=4)
+    lagged = Evo1Dataset(tmp_path / "ds", horizon=4, max_image_lag=2)
+    torch.manual_seed(0)
+    # Step k shows camera frame 3k (red = 3k): with lag 0..2 steps, frames 3(k-2)..3k, all drawn.
+    seen = {int(lagged[8]["images"]["base"][0, 0, 0]) for _ in range(60)}
+    assert seen == {18, 21, 24}
+    np.testing.assert_array_equal(lagged[8]["state"].numpy(), plain[8]["state"].numpy())
+    np.testing.assert_array_equal(lagged[8]["action"].numpy(), plain[8]["action"].numpy())
+    assert {int(lagged[0]["images"]["base"][0, 0, 0]) for _ in range(20)} == {0}  # clamped at the start
+    with pytest.raises(ValueError, match="max_image_lag"):
+        Evo1Dataset(tmp_path / "ds", horizon=4, max_image_lag=-1)
+
+
 def test_failed_episodes_are_skipped_unless_kept(tmp_path):
     good = write_bag(tmp_path / "good", synthetic_messages(0.5))
     bad = write_bag(tmp_path / "bad", synthetic_messages(0.5), meta={"instruction": "other"})

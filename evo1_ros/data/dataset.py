@@ -15,6 +15,11 @@ One item per kept grid step k of every episode:
 
 Values are in robot units; normalisation (SPEC §1 "bounds") is the trainer's job, with the stats in
 `norm_stats` (norm_stats.json). `torch.utils.data.default_collate` batches items as they are.
+
+`max_image_lag` N > 0 pairs each state with camera frames drawn 0..N grid steps older (uniform, one
+draw per item, clamped at the episode start). Data recorded in lockstep (sim demos) has frames and
+state of the same instant; live cameras deliver frames tens of ms older than the joint state, and
+a policy trained only on lockstep data has never seen that skew.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ from evo1_ros.data.convert import decode_frame
 
 
 class Evo1Dataset(torch.utils.data.Dataset):
-    def __init__(self, root: str | Path, horizon: int = 50):
+    def __init__(self, root: str | Path, horizon: int = 50, max_image_lag: int = 0):
+        if max_image_lag < 0:
+            raise ValueError(f"max_image_lag must be >= 0, got {max_image_lag}")
         root = Path(root)
+        self.max_image_lag = max_image_lag
         self.meta = json.loads((root / "meta.json").read_text())
         self.norm_stats = json.loads((root / "norm_stats.json").read_text())
         self.horizon = horizon
@@ -51,9 +59,11 @@ class Evo1Dataset(torch.utils.data.Dataset):
         ep = self.episodes[e]
         steps = np.arange(k, k + self.horizon)
         pad = steps >= len(ep["action"])
+        lag = int(torch.randint(0, self.max_image_lag + 1, ())) if self.max_image_lag else 0
+        shown = max(k - lag, 0)  # the step whose frames go with step k's state
         images = {}
         for cam in self.cameras:
-            start, end = ep[f"offsets.{cam}"][k: k + 2]
+            start, end = ep[f"offsets.{cam}"][shown: shown + 2]
             frame = decode_frame(ep[f"frames.{cam}"][start:end])
             images[cam] = torch.from_numpy(frame).permute(2, 0, 1).contiguous()
         return {

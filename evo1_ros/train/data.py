@@ -26,14 +26,14 @@ class DataError(ValueError):
     pass
 
 
-def open_datasets(dirs: list[str | Path], cfg: Evo1Config) -> tuple[ConcatDataset, Normalizer]:
+def open_datasets(dirs: list[str | Path], cfg: Evo1Config, max_image_lag: int = 0) -> tuple[ConcatDataset, Normalizer]:
     """The datasets as one, with "bounds" normalisation over all of them. Anything the model
-    cannot take is an error naming the directory."""
+    cannot take is an error naming the directory. `max_image_lag`: see `Evo1Dataset`."""
     parts, metas, stats = [], [], []
     for d in map(Path, dirs):
         if not (d / "meta.json").is_file():
             raise DataError(f"{d}: not an evo1 dataset (no meta.json); write one with `evo1-ros convert`")
-        ds = Evo1Dataset(d, horizon=cfg.chunk_length)
+        ds = Evo1Dataset(d, horizon=cfg.chunk_length, max_image_lag=max_image_lag)
         meta = ds.meta
         if len(ds) == 0:
             raise DataError(f"{d}: dataset has no samples")

@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="end this run at step N of a stage, checkpointed (e.g. a job's time "
                              "slot); --resume continues it")
+    parser.add_argument("--image-lag-steps", type=int, default=0, metavar="N",
+                        help="pair each state with camera frames 0..N dataset steps older (uniform), so the "
+                             "policy tolerates camera latency; for data recorded in lockstep, e.g. sim demos "
+                             "(default 0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2, help="data loader processes per GPU")

@@ -83,7 +83,7 @@ def train(args) -> None:
         else:
             model, tokenizer = build_model(args.preset, internvl_dir=args.internvl, seed=args.seed)
             processor = Evo1Processor(model.config, tokenizer, None)
-        dataset, normalizer = open_datasets(args.data, model.config)
+        dataset, normalizer = open_datasets(args.data, model.config, args.image_lag_steps)
         # The data being trained on defines the normalisation; it travels with every checkpoint.
         processor.normalizer = normalizer
         model.to(ctx.device)
