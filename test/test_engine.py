@@ -7,7 +7,7 @@ import torch
 from evo1_ros.model.build import build_model, xarm6_normalizer
 from evo1_ros.model.checkpoint import save_checkpoint
 from evo1_ros.model.processor import Evo1Processor
-from evo1_ros.runtime.engine import Evo1Engine, export_onnx
+from evo1_ros.runtime.engine import MAX_CACHED, Evo1Engine, export_onnx
 from evo1_ros.runtime.policy import Evo1ChunkPolicy
 
 
@@ -30,6 +30,22 @@ def test_torch_engine_equals_the_plain_model(tiny):
     model, processor, obs, noise = tiny
     out = Evo1Engine(model, processor).predict(obs, processor.action_mask(7), noise)
     torch.testing.assert_close(out, reference(model, processor, obs, noise), atol=1e-6, rtol=0)
+
+
+def test_layouts_are_cached_per_instruction_and_bounded(tiny):
+    model, processor, obs, noise = tiny
+    engine = Evo1Engine(model, processor)
+    mask = processor.action_mask(7)
+    frames = [np.full((90, 120, 3), 90, np.uint8), None, None]
+    for i in range(MAX_CACHED + 2):  # a new instruction each time, as ~/instruction allows
+        other = processor.observation(frames, np.zeros(7), f"put can {i} in the box")
+        out = engine.predict(other, mask, noise)
+        torch.testing.assert_close(out, reference(model, processor, other, noise), atol=1e-6, rtol=0)
+    assert len(engine._layouts) == MAX_CACHED
+    # The first instruction was evicted: asked again, it is laid out again, and still exact.
+    first = processor.observation(frames, np.zeros(7), "put can 0 in the box")
+    torch.testing.assert_close(engine.predict(first, mask, noise), reference(model, processor, first, noise),
+                               atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("padding", ["mask", "reference"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -30,6 +31,19 @@ from ..model.processor import Evo1Processor
 
 BACKENDS = ("torch", "onnx")
 HEAD_GRAPH, HEAD_INFO = "action_head.onnx", "action_head.json"
+# Token layouts and captured graphs kept, the most recently used: each graph holds its own
+# activation memory (tens of MB for evo1-0.77b), and every new instruction brings a new layout.
+MAX_CACHED = 4
+
+
+def _recent(cache: OrderedDict, key, make):
+    """cache[key], made if missing; the least recently used entry goes past MAX_CACHED."""
+    if key not in cache:
+        if len(cache) == MAX_CACHED:
+            cache.popitem(last=False)
+        cache[key] = make()
+    cache.move_to_end(key)
+    return cache[key]
 
 
 class _GraphedChunk:
@@ -150,8 +164,8 @@ class Evo1Engine:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.use_graph = cuda_graph and backend == "torch" and self.device.type == "cuda"
-        self._layouts: dict[tuple, object] = {}  # per instruction and view set, on the device
-        self._graphs: dict[tuple, _GraphedChunk] = {}
+        self._layouts: OrderedDict[tuple, object] = OrderedDict()  # per instruction and view set
+        self._graphs: OrderedDict[tuple, _GraphedChunk] = OrderedDict()
         # Compiled with inductor's default mode (fused kernels, no graphs of its own), which the
         # CUDA graph then captures; the model itself is left as it is. The first chunk of each
         # new layout pays the compilation (tens of seconds for the 0.77b model).
@@ -175,9 +189,7 @@ class Evo1Engine:
         # The layout depends on the prompt and the present views only: computed once per pair.
         key = tuple(torch.cat([obs["input_ids"].flatten(), obs["attention_mask"].flatten(),
                                obs["view_mask"].flatten()]).tolist())
-        if key not in self._layouts:
-            self._layouts[key] = self.model.layout(obs).to(self.device)
-        layout = self._layouts[key]
+        layout = _recent(self._layouts, key, lambda: self.model.layout(obs).to(self.device))
         shape = (1, self.model.config.chunk_length, self.model.config.max_action_dim)
         if noise is None:
             noise = (torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1) * self.noise_scale
@@ -188,6 +200,5 @@ class Evo1Engine:
                   "mask": action_mask.to(device=self.device, dtype=self.dtype).unsqueeze(1)}
         if not self.use_graph:
             return self._chunk(**inputs, layout=layout)
-        if key not in self._graphs:
-            self._graphs[key] = _GraphedChunk(lambda **x: self._chunk(**x, layout=layout), inputs)
-        return self._graphs[key](**inputs)
+        graph = _recent(self._graphs, key, lambda: _GraphedChunk(lambda **x: self._chunk(**x, layout=layout), inputs))
+        return graph(**inputs)
