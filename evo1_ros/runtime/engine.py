@@ -51,17 +51,18 @@ class _GraphedChunk:
     captured once as a CUDA graph over static input buffers: the ViT, the LM, the state token,
     the context keys/values and the whole Euler loop replay as one launch."""
 
-    def __init__(self, run, inputs: dict[str, torch.Tensor]):
+    def __init__(self, run, inputs: dict[str, torch.Tensor], layout):
         self.inputs = {name: value.clone() for name, value in inputs.items()}
+        self.layout = layout  # the graph reads its tensors: they must live as long as it does
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the capture (and compiles, if any)
             for _ in range(2):
-                run(**self.inputs)
+                run(**self.inputs, layout=layout)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = run(**self.inputs)
+            self.out = run(**self.inputs, layout=layout)
 
     def __call__(self, **inputs) -> torch.Tensor:
         for name, value in inputs.items():
@@ -200,5 +201,5 @@ class Evo1Engine:
                   "mask": action_mask.to(device=self.device, dtype=self.dtype).unsqueeze(1)}
         if not self.use_graph:
             return self._chunk(**inputs, layout=layout)
-        graph = _recent(self._graphs, key, lambda: _GraphedChunk(lambda **x: self._chunk(**x, layout=layout), inputs))
+        graph = _recent(self._graphs, key, lambda: _GraphedChunk(self._chunk, inputs, layout))
         return graph(**inputs)
