@@ -164,9 +164,12 @@ def run(args) -> list[dict]:
                     for name, kwargs in paths.items():
                         if kwargs.get("backend") == "onnx":
                             kwargs = dict(kwargs, onnx_dir=onnx_dirs[steps])
-                        timings[name] = timed(lambda kw=kwargs: lambda e=Evo1Engine(
-                            model, processor, num_steps=steps, **kw): e.predict(obs, mask, noise),
-                            args.iters, device)
+
+                        def make(kwargs=kwargs):
+                            engine = Evo1Engine(model, processor, num_steps=steps, **kwargs)
+                            return lambda: engine.predict(obs, mask, noise)
+
+                        timings[name] = timed(make, args.iters, device)
                 if device == "cuda" and not args.no_lerobot:
                     lerobot = lerobot_row(views, steps, args.iters)
                     if lerobot is not None:

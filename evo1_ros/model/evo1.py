@@ -8,7 +8,7 @@ A max action dim (24), S max state dim (24).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,8 @@ class TokenLayout:
     full: bool  # every row of z_mask is True (no key mask needed downstream)
 
     def to(self, device) -> "TokenLayout":
-        return replace(self, **{f: getattr(self, f).to(device) for f in ("views", "image_slots", "order", "z_mask", "causal")})
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{name: t.to(device) for name, t in tensors.items() if isinstance(t, torch.Tensor)})
 
 
 def token_layout(
