@@ -26,7 +26,7 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(101, 200)))  # away fr
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
@@ -77,7 +77,7 @@ def main() -> int:
         joints.publish(state)
 
     feeder.create_timer(1.0 / 30.0, feed)  # cameras and joint states at 30 Hz
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     executor.add_node(feeder)
     spinner = threading.Thread(target=executor.spin, daemon=True)

@@ -6,7 +6,7 @@ loads the params file (config/evo1.yaml) first and its overrides on top.
 
 - `launch/xarm6_inference.launch.py` maps each process onto a launch_ros `Node` (`ros2 launch`).
 - `evo1-ros launch xarm6_inference [name:=value ...]` (`run` below) builds the same node classes
-  in this one process on a MultiThreadedExecutor, for machines without `ros2 launch` (PyPI has no
+  in this one process on one executor, for machines without `ros2 launch` (PyPI has no
   `launch`). robot_state_publisher and rviz2 are C++ programs of a ROS install: it skips them.
 """
 

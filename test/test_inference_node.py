@@ -11,7 +11,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 import rclpy.action  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
@@ -89,7 +89,7 @@ class Rig:
         self.feed_times = []  # a plain 30 Hz timer in the same executor: the timing reference
         self.io.create_timer(1 / 30, self._feed_images)
         self.io.create_timer(1 / 50, self._feed_state)
-        self.executor = MultiThreadedExecutor(num_threads=3, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.io)
         self.extra_nodes = []  # other nodes a test adds to the executor

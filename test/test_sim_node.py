@@ -9,7 +9,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
@@ -57,7 +57,7 @@ def rig():
     probe.create_subscription(Bool, "/evo1_sim/success", probe.got["success"].append, 10)
     probe.create_subscription(JointState, f"/{TAG}/joint_states", probe.got["joints"].append, 10)
     probe.trajectory = probe.create_publisher(JointTrajectory, f"/{TAG}/trajectory", 10)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor = SingleThreadedExecutor(context=context)
     for node in (sim, driver, probe):
         executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()

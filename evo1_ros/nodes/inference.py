@@ -25,7 +25,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -111,15 +110,13 @@ class InferenceNode(Node):
 
         # Inputs: only the newest sample matters, so sensor-data QoS (best effort, shallow); it also
         # accepts reliable publishers such as xarm_ros2's joint_states.
-        inputs = MutuallyExclusiveCallbackGroup()
         for slot, topic in enumerate(self.camera_topics):
             self.create_subscription(Image, topic, lambda msg, s=slot: self._on_image(s, msg),
-                                     qos_profile_sensor_data, callback_group=inputs)
-        self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, qos_profile_sensor_data,
-                                 callback_group=inputs)
-        self.create_subscription(String, "~/instruction", self._on_instruction, 10, callback_group=inputs)
-        self.create_service(Trigger, "~/pause", self._on_pause, callback_group=inputs)
-        self.create_service(Trigger, "~/resume", self._on_resume, callback_group=inputs)
+                                     qos_profile_sensor_data)
+        self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, qos_profile_sensor_data)
+        self.create_subscription(String, "~/instruction", self._on_instruction, 10)
+        self.create_service(Trigger, "~/pause", self._on_pause)
+        self.create_service(Trigger, "~/resume", self._on_resume)
 
         # Outputs: trajectories reliable with depth 1 (each window supersedes the last, but a lost one
         # is a gap the driver must coast over); monitoring topics with rviz's default (reliable, 10).
@@ -135,10 +132,10 @@ class InferenceNode(Node):
 
         self._worker = threading.Thread(target=self._work, name="evo1_inference", daemon=True)
         self._worker.start()
-        # The control timer gets a callback group of its own, so with a multi-threaded executor it
-        # never waits behind an image callback.
-        self.create_timer(self.dt, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=inputs)
+        # Every callback here only stores or publishes: inference runs on the worker thread, so the
+        # control timer never waits long behind an image (see nodes/spin.py on executors).
+        self.create_timer(self.dt, self._tick)
+        self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f"{self.policy.chunk_length}-step chunks, mode {p['chunk_mode']}, {rate} Hz, "
             f"views {self.camera_topics}, instruction {self.instruction!r}")
@@ -357,8 +354,7 @@ class InferenceNode(Node):
 
 
 def main(args=None):
-    # Two threads: the control timer runs while image/joint-state callbacks are handled.
-    raise SystemExit(run_nodes(lambda: [InferenceNode()], "evo1_inference", args, threads=2))
+    raise SystemExit(run_nodes(lambda: [InferenceNode()], "evo1_inference", args))
 
 if __name__ == "__main__":
     main()

@@ -134,9 +134,7 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> None:
-    # Single-threaded: the episode writer is fed and flushed in arrival order, and no raw message is
-    # lost (see run_nodes).
-    raise SystemExit(run_nodes(lambda: [RecorderNode()], "recorder", args, threads=1))
+    raise SystemExit(run_nodes(lambda: [RecorderNode()], "recorder", args))
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.srv import SetParameters
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -302,7 +302,7 @@ def main(args=None) -> None:
         rclpy.logging.get_logger("teleop").fatal(str(exc))
         rclpy.try_shutdown()
         sys.exit(1)
-    executor = MultiThreadedExecutor()
+    executor = SingleThreadedExecutor()  # why one thread: nodes/spin.py
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
@@ -151,7 +151,7 @@ EXPERT_RATE_HZ = 10.0  # the expert's chunk rows are this far apart unless a con
 
 
 class SimGraph:
-    """The graph running on a background MultiThreadedExecutor; `close()` stops it."""
+    """The graph running on a background executor thread; `close()` stops it."""
 
     def __init__(self, checkpoint: str | Path, instruction: str = "", image_size: int = 224,
                  fps: float = 10.0, control_rate: float = 0.0, seed: int = 0, inference: dict | None = None,
@@ -198,8 +198,7 @@ class SimGraph:
             self.policy = self.inference.policy = TimedPolicy(self.inference.policy)
             self.observer = Observer(self.context, self.inference.camera_topics if record_cameras else [],
                                      self.inference.get_parameter("trajectory_topic").value)
-            # A thread per node's timers, so the inference control timer never queues behind image callbacks.
-            self.executor = MultiThreadedExecutor(num_threads=len(self.nodes) + 3, context=self.context)
+            self.executor = SingleThreadedExecutor(context=self.context)  # why one thread: nodes/spin.py
             for node in (*self.nodes.values(), self.observer):
                 self.executor.add_node(node)
         except BaseException:

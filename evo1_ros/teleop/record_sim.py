@@ -65,7 +65,7 @@ class RecordingGraph:
     def __init__(self, world, out: Path, episodes: int, first_seed: int, instruction: str,
                  speed: float = 2.0, storage: str = "mcap", context=None):
         """world: a LockstepWorld (it sets the camera rate); speed: physics pace between frames."""
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.parameter import Parameter
 
         from evo1_ros.nodes.driver import Xarm6DriverNode
@@ -95,7 +95,7 @@ class RecordingGraph:
         except Exception:
             self.close()
             raise
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor = SingleThreadedExecutor(context=context)  # why one thread: nodes/spin.py
         for node in self.nodes:
             self.executor.add_node(node)
         self._spinning = True
