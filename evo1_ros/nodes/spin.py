@@ -8,10 +8,11 @@ is rclpy shut down.
 
 Every process spins on one SingleThreadedExecutor. rclpy's MultiThreadedExecutor rebuilds its
 wait set in Python for every callback and polls every task it handed out, holding the GIL: with
-two cameras, joint states and a 30 Hz control timer (~400 callbacks/s) it took more than a core,
-and the control timer slipped by hundreds of milliseconds (measured: tick gaps up to 460 ms vs
-34 ms single-threaded, 4.8 vs 0.9 CPU-seconds in 5 s). Our callbacks only store or publish a
-message; the long work (inference, servoing, camera streams, physics) runs on threads of its own.
+two cameras, joint states and a 30 Hz control timer it took a whole core and stalled the
+control timer for seconds (benchmarks/observation_to_action.py --executor both; figures in
+benchmarks/RESULTS.md), where one thread kept every window within 5 ms of its period. Our
+callbacks only store or publish a message; the long work (inference, servoing, camera streams,
+physics) runs on threads of its own.
 """
 
 from __future__ import annotations
