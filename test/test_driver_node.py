@@ -197,6 +197,51 @@ def test_watchdog_brings_the_arm_to_rest_after_the_last_trajectory(rig_factory):
     assert "no fresh trajectory" in rig.driver.loop.status().stopping_reason
 
 
+def test_on_sim_time_trajectories_play_out_in_sim_seconds(rig_factory):
+    """use_sim_time: the driver times trajectories and its watchdog on the ROS clock. Sim time
+    runs here at a quarter of the wall clock, so a 0.6 s move takes 2.4 s of wall time; windows
+    re-sent every 50 ms of sim time (200 ms wall) keep the 100 ms watchdog fed."""
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    backend = RecordingFakeBackend()
+    rig = rig_factory("simtime", backend, use_sim_time=True)
+    clock_pub = rig.io.create_publisher(Clock, "/clock", 10)
+    t0 = 100.0
+
+    def publish_clock(sim):
+        clock_pub.publish(Clock(clock=Time(sec=int(sim), nanosec=int(round((sim % 1) * 1e9)))))
+
+    publish_clock(t0)
+    assert rig.wait_for(lambda: rig.driver.get_clock().now().nanoseconds >= t0 * 1e9, 5.0)
+    start = np.array(rig.joint_states[-1].position)
+    target = start + np.array([0.3, 0, 0, 0, 0, 0, 0])
+    msg = JointTrajectory(joint_names=NAMES)
+    msg.header.stamp = Time(sec=int(t0))
+    msg.points = [JointTrajectoryPoint(positions=start.tolist(), time_from_start=to_duration(0.0)),
+                  JointTrajectoryPoint(positions=target.tolist(), time_from_start=to_duration(0.6))]
+    wall0, next_send = time.monotonic(), 0.0
+    commanded_at, reasons = {}, {}  # sim seconds since t0 -> joint1 command, filter's stop reason
+    while (elapsed := time.monotonic() - wall0) < 3.2:
+        sim = t0 + elapsed / 4
+        publish_clock(sim)
+        if elapsed >= next_send:
+            rig.trajectory_pub.publish(msg)
+            next_send += 0.2
+        commanded_at[sim - t0] = backend.commands[-1][1][0]
+        reasons[sim - t0] = rig.driver.loop.status().stopping_reason
+        time.sleep(0.01)
+    progress = {s: (q - start[0]) / 0.3 for s, q in commanded_at.items()}
+    # At 0.3 s of sim time (1.2 s of wall time, long past the move's end on a wall-clock driver)
+    # the arm is about halfway; it arrives once sim time passes 0.6 s, and the watchdog did not
+    # fire while the move lasted (after it, the re-sent window lies in the past and is refused).
+    halfway = [p for s, p in progress.items() if 0.28 < s < 0.32]
+    assert halfway and all(0.3 < p < 0.7 for p in halfway), halfway
+    assert all(p > 0.95 for s, p in progress.items() if s > 0.72)
+    during = {s: reason for s, reason in reasons.items() if 0.05 < s < 0.55}
+    assert during and not any(during.values()), during
+
+
 def test_emergency_stop_latches_until_reset(rig_factory):
     backend = RecordingFakeBackend()
     rig = rig_factory("estop", backend)

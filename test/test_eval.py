@@ -37,6 +37,28 @@ def test_expert_through_the_graph_succeeds(tmp_path):
                                     "noise_scale": -1.0}
 
 
+@pytest.mark.slow
+def test_expert_on_sim_time_succeeds_at_the_exact_control_rate(tmp_path):
+    """--sim-time: every node on the lockstep world's clock. In sim seconds the control rate is
+    exactly the asked one and the plan plays at its own pace, however slow this machine is."""
+    pytest.importorskip("rclpy")
+    pytest.importorskip("mujoco")
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "evo1_ros.cli", "eval", "--checkpoint", "expert", "--episodes", "3",
+                           "--seed", "200", "--image-size", "64", "--fps", "10", "--max-seconds", "15", "--sim-time",
+                           "--out", str(out)], capture_output=True, text=True, timeout=500, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    episodes = results["per_episode"]
+    assert results["clock"] == "sim" and results["speed"] == 1.0
+    assert all(e["success"] for e in episodes), episodes
+    # The expert's plan lasts 6-9 sim seconds: a sim clock running fast or slow against physics,
+    # or a detector timing on the wall clock, would move these.
+    assert all(5.0 < e["seconds"] < 10.0 for e in episodes), episodes
+    assert all(abs(e["control_rate_hz"] - 10.0) < 0.1 for e in episodes), episodes
+    assert 0 < results["mean_abs_jerk_rad_s3"] < 100
+
+
 def test_graph_options_override_only_what_is_given():
     import argparse
 

@@ -47,3 +47,30 @@ def test_steps_in_real_time_and_follows_commands():
     frozen = backend.world.time
     time.sleep(0.05)
     assert backend.world.time == frozen
+
+
+def test_lockstep_physics_runs_one_frame_period_per_frame_set_and_stands_still_while_held():
+    from evo1_ros.sim.lockstep import LockstepWorld
+
+    world = LockstepWorld(image_size=64, fps=10.0)
+    backend = SimBackend(world, speed=2.0)
+    backend.connect()
+    try:
+        period_ns = world.frame_steps * round(world.model.opt.timestep * 1e9)
+        assert period_ns == 100_000_000
+        time.sleep(0.2)
+        assert world.steps_ns == 0  # no frame captured yet: physics waits for the cameras
+        with world.frame():
+            world.render("base")
+        time.sleep(0.2)  # 0.1 s of sim time at speed 2 takes 0.05 s
+        assert world.steps_ns == period_ns  # one period, not more: the next frame set is due
+        with world.frame():  # returns at once: physics has run the period
+            pass
+        with world.hold():
+            time.sleep(0.3)  # a slow policy: sim time must not move meanwhile
+            assert world.steps_ns == period_ns
+        time.sleep(0.2)
+        assert world.steps_ns == 2 * period_ns  # released: the granted period runs
+    finally:
+        backend.close()
+        world.close()

@@ -94,7 +94,7 @@ def close(graph, context):
 
 @pytest.fixture
 def small_world():
-    from evo1_ros.teleop.lockstep import LockstepWorld
+    from evo1_ros.sim.lockstep import LockstepWorld
 
     world = LockstepWorld(image_size=64, fps=10.0)  # small frames: the test is about the graph, not pixels
     yield world

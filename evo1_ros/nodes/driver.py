@@ -15,6 +15,8 @@ E-stop button. A backend error, by contrast, stops the arm through the controlle
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
@@ -70,8 +72,11 @@ class Xarm6DriverNode(Node):
         )
         backend = backend or make_backend(p["backend"], **backend_params)
         self.backend_name = backend.name
+        # On sim time (use_sim_time) trajectories, the watchdog and resets run on the ROS clock, so
+        # motions keep their timing in sim seconds however fast the simulation runs.
+        clock = self._ros_seconds if self.get_parameter("use_sim_time").value else time.monotonic
         self.loop = ServoLoop(backend, limits, p["servo_rate_hz"], on_state=self._publish_joint_state,
-                              realtime_priority=p["realtime_priority"])
+                              clock=clock, realtime_priority=p["realtime_priority"])
 
         self._joint_state_pub = self.create_publisher(JointState, p["joint_states_topic"], 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -97,6 +102,9 @@ class Xarm6DriverNode(Node):
         self.loop.shutdown()
         return super().destroy_node()
 
+    def _ros_seconds(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
     # --- trajectories --------------------------------------------------------------------------
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
@@ -121,8 +129,8 @@ class Xarm6DriverNode(Node):
         points = np.array([[point.positions[c] for c in columns]
                            + [point.positions[gripper_column] if gripper_column is not None else current_gripper]
                            for point in msg.points], dtype=float).reshape(-1, len(JOINT_STATE_NAMES))
-        # Map the ROS stamp onto the loop's monotonic clock through "now" on both clocks.
-        ros_now = self.get_clock().now().nanoseconds * 1e-9
+        # Map the ROS stamp onto the loop's clock through "now" on both (the same clock on sim time).
+        ros_now = self._ros_seconds()
         start = self.loop.clock() + ((stamp_seconds(msg.header.stamp) or ros_now) - ros_now)
         offsets = np.array([stamp_seconds(point.time_from_start) for point in msg.points])
         return start, start + offsets, points

@@ -78,14 +78,15 @@ class SimNode(Node):
             deadline = max(deadline + period, time.monotonic())  # late: skip, do not burst
 
     def _publish_frames(self) -> None:
-        # one stamp per frame set, taken when the scene is captured (render takes tens of ms)
-        stamp = to_time(self.get_clock().now().nanoseconds * 1e-9)
-        for name, info, image_pub, info_pub in self._cameras:
-            image = array_to_image(self.world.render(name), "rgb8", stamp, info.header.frame_id)
-            info.header.stamp = stamp
-            image_pub.publish(image)
-            info_pub.publish(info)
-        self._success_pub.publish(Bool(data=self.world.success()))
+        with self.world.frame():  # a lockstep world holds physics until the set is out
+            # one stamp per frame set, taken when the scene is captured (render takes tens of ms)
+            stamp = to_time(self.get_clock().now().nanoseconds * 1e-9)
+            for name, info, image_pub, info_pub in self._cameras:
+                image = array_to_image(self.world.render(name), "rgb8", stamp, info.header.frame_id)
+                info.header.stamp = stamp
+                image_pub.publish(image)
+                info_pub.publish(info)
+            self._success_pub.publish(Bool(data=self.world.success()))
 
     def _on_reset(self, request, response):
         seed = self.seed + self.resets
@@ -100,6 +101,23 @@ class SimNode(Node):
         self._stop.set()
         self._thread.join(timeout=2.0)
         return super().destroy_node()
+
+
+def sim_clock_node(world, context=None) -> Node:
+    """A node publishing a `LockstepWorld`'s physics time (`steps_ns`) on /clock, for nodes on
+    use_sim_time. It is itself on the wall clock: its timer must fire while sim time stands still."""
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    node = Node("sim_clock", context=context)
+    publisher = node.create_publisher(Clock, "/clock", 10)
+
+    def publish() -> None:
+        ns = world.steps_ns
+        publisher.publish(Clock(clock=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
+
+    node.create_timer(0.005, publish)
+    return node
 
 
 def follow_resets(sim: SimNode, driver) -> None:

@@ -17,6 +17,11 @@ cannot delay its wake-ups. A tick that overruns (the SDK's `set_servo_angle_j` s
 ~190 ms) skips the missed deadlines instead of bursting commands to catch up; the filter's
 per-tick bounds then make the arm lag the trajectory rather than jump.
 
+Two clocks: the thread is paced on the monotonic clock (the control box's cadence), while `clock`
+times trajectories, the watchdog and resets. They are the same by default; a driver on sim time
+passes the simulation's clock, so trajectories play out in sim time while the sim pauses (for
+rendering, or for the policy in a lockstep eval) and the loop keeps its wall-clock cadence.
+
 A backend error never ends the loop: it stops the arm, keeps the error in words in `status()`,
 sends nothing until `recover()` succeeds, and keeps reporting the measured state when it can.
 """
@@ -62,11 +67,12 @@ class ServoStatus:
     max_tick_s: float  # longest tick (backend calls included) over the last TIMING_WINDOW ticks
 
 
-def sleep_until(deadline: float, clock: Callable[[], float] = time.monotonic) -> None:
-    remaining = deadline - clock() - SPIN_S
+def sleep_until(deadline: float) -> None:
+    """Until time.monotonic() reaches `deadline`."""
+    remaining = deadline - time.monotonic() - SPIN_S
     if remaining > 0:
         time.sleep(remaining)
-    while clock() < deadline:
+    while time.monotonic() < deadline:
         pass
 
 
@@ -75,7 +81,8 @@ class ServoLoop:
                  on_state: Callable[[RobotState], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, realtime_priority: int = 50):
         """on_state(measured state) is called on the servo thread after every tick;
-        realtime_priority: SCHED_FIFO priority to ask for (0: don't)."""
+        clock: the trajectory clock (see the module's doc; the thread is always paced on
+        time.monotonic); realtime_priority: SCHED_FIFO priority to ask for (0: don't)."""
         if not 0 < rate_hz <= MAX_SERVO_RATE_HZ:
             raise ValueError(f"servo rate must be in (0, {MAX_SERVO_RATE_HZ:.0f}] Hz, got {rate_hz}")
         self.period = 1.0 / rate_hz
@@ -182,14 +189,14 @@ class ServoLoop:
             except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
                 pass
         started.set()
-        deadline = self.clock()
+        deadline = time.monotonic()
         while self._running.is_set():
-            sleep_until(deadline, self.clock)
-            woke = self.clock()
+            sleep_until(deadline)
+            woke = time.monotonic()
             self.wake_times.append(woke)
             self._late.append(woke - deadline)
             self.tick()
-            done = self.clock()
+            done = time.monotonic()
             self._tick_durations.append(done - woke)
             deadline += self.period
             behind = done - deadline

@@ -1,8 +1,11 @@
 """`evo1-ros eval`: closed-loop evaluation in the MuJoCo sim, through the ROS graph.
 
 Each episode: pause inference, reset sim_node with the next seed (`--seed`, `--seed`+1, ...),
-resume, and run the xarm6_inference graph (`use_sim:=true`, this process) in real time until the
-can has stayed in the box for SUCCESS_HOLD_S or `--max-seconds` pass. Reports success rate, mean
+resume, and run the xarm6_inference graph (`use_sim:=true`, this process) until the can has stayed
+in the box for SUCCESS_HOLD_S or `--max-seconds` pass. By default the graph runs in real time, so
+the policy's latency and the machine's load count; with `--sim-time` every node runs on the
+simulation's clock and physics waits for the cameras and for each chunk (sim/lockstep.py): the
+result depends on the policy alone, not on how fast this machine is, and times are sim seconds. Reports success rate, mean
 episode time (to the success, or the time limit) and action smoothness: the mean absolute jerk of
 the commanded joint trajectory (the first target of every trajectory window the inference node
 sends the driver). `--checkpoint expert` puts the scripted expert, which reads the object poses
@@ -28,14 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first episode's seed; episode i uses seed + i")
     parser.add_argument("--out", help="write the results here as JSON")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="episode time limit, s (default 20)")
+    parser.add_argument("--sim-time", action="store_true",
+                        help="run every node on the sim's clock; physics waits for frames and chunks")
+    # Above 1 the driver's servo ticks (wall-clock paced) come further apart in sim time, and its
+    # per-tick velocity and acceleration bounds tighten accordingly: 1 keeps the real limits.
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="--sim-time: physics pace between frames, sim seconds per wall second (default 1)")
     add_graph_arguments(parser)
 
 
 def run_episode(graph, max_seconds: float) -> dict:
     graph.reset_episode()
-    start = time.monotonic()
     observer = graph.observer
-    while (success := observer.success_held(SUCCESS_HOLD_S)) is None and time.monotonic() - start < max_seconds:
+    start = observer.now()  # wall or sim seconds, as the graph runs
+    while (success := observer.success_held(SUCCESS_HOLD_S)) is None and observer.now() - start < max_seconds:
         time.sleep(0.05)
     jerk, rate = observer.jerk(graph.inference.dt), observer.control_rate()
     return {"success": success is not None,
@@ -56,7 +65,7 @@ def run(args) -> int:
         return 2
     try:
         graph = SimGraph(args.checkpoint, args.instruction, args.image_size, args.fps, args.control_rate, args.seed,
-                         inference_overrides(args))
+                         inference_overrides(args), sim_time=args.sim_time, speed=args.speed)
     except RuntimeError as e:  # a node failed to start (bad checkpoint, ...): its name and why
         print(f"evo1-ros eval: {e}", file=sys.stderr)
         return 1
@@ -77,7 +86,9 @@ def run(args) -> int:
     results = {
         "checkpoint": str(args.checkpoint), "instruction": graph.inference.instruction,
         "episodes": len(episodes), "seed": args.seed,
-        "max_seconds": args.max_seconds, "success_hold_seconds": SUCCESS_HOLD_S,
+        "clock": "sim" if args.sim_time else "wall", "speed": args.speed if args.sim_time else None,
+        "max_seconds": args.max_seconds,
+        "success_hold_seconds": SUCCESS_HOLD_S,
         "image_size": args.image_size, "fps": args.fps, "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "inference": {name: graph.inference.get_parameter(name).value
                       for name in ("backend", "chunk_mode", "request_threshold", "noise_scale")},

@@ -10,6 +10,12 @@ tools would.
 
 The sim world is process-wide (`shared_world`, bound to the camera thread's GL context): one
 SimGraph per process.
+
+Two clocks. By default everything runs in real time, as on a robot: the policy's latency and the
+CPU's load (rendering shares the cores) are part of what is measured. With `sim_time` the world is
+a `LockstepWorld` and every node runs on its clock (/clock, use_sim_time): frames are captured
+exactly 1/fps apart in sim time and physics stands still while the policy computes a chunk, so the
+outcome no longer depends on how fast or how loaded the machine is.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool
@@ -33,6 +40,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from evo1_ros.launch_graph import create_nodes, share_directory, xarm6_inference
 from evo1_ros.nodes.messages import image_to_rgb, stamp_seconds
+from evo1_ros.nodes.sim import sim_clock_node
 from evo1_ros.sim.metrics import TimedPolicy, commanded_path, mean_abs_jerk
 
 EXPERT = "expert"  # --checkpoint value that seats the privileged scripted expert in the policy's place
@@ -68,8 +76,9 @@ class Observer(Node):
     """Watches the graph like a user's tools would: camera frames (optional), the sim's success
     flag and the trajectory windows sent to the driver; calls Trigger services."""
 
-    def __init__(self, context, camera_topics: list[str], trajectory_topic: str):
-        super().__init__("evo1_observer", context=context)
+    def __init__(self, context, camera_topics: list[str], trajectory_topic: str, sim_time: bool = False):
+        super().__init__("evo1_observer", context=context,
+                         parameter_overrides=[Parameter("use_sim_time", value=sim_time)])
         self.on_frame: Callable[[float, list[np.ndarray]], None] | None = None
         self._latest = [None] * len(camera_topics)  # newest Image per camera
         self._frame_stamp = -1.0
@@ -85,9 +94,13 @@ class Observer(Node):
 
     def clear(self) -> None:
         """Forget what was seen: a new episode starts."""
-        self.arrivals: list[float] = []  # monotonic receive time of each trajectory window
+        self.arrivals: list[float] = []  # receive time (`now()`) of each trajectory window
         self.windows: list[tuple[np.ndarray, np.ndarray]] = []  # trajectories sent: (times, joints)
-        self.success_since: float | None = None  # monotonic time the success flag turned (and stayed) on
+        self.success_since: float | None = None  # when the success flag turned (and stayed) on
+
+    def now(self) -> float:
+        """Seconds on this node's ROS clock: the system clock, or sim time with `sim_time`."""
+        return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_image(self, slot: int, msg) -> None:
         # sim_node stamps one capture time on all cameras: a frame set is complete when they agree
@@ -102,24 +115,25 @@ class Observer(Node):
         if not msg.data:
             self.success_since = None
         elif self.success_since is None:
-            self.success_since = time.monotonic()
+            self.success_since = self.now()
 
     def success_held(self, hold: float) -> float | None:
         """When the success flag turned on, if it has stayed on for `hold` seconds since; else None."""
         since = self.success_since  # read once: the flag's callback runs on another thread
-        return since if since is not None and time.monotonic() - since >= hold else None
+        return since if since is not None and self.now() - since >= hold else None
 
     def _on_trajectory(self, msg) -> None:
-        self.arrivals.append(time.monotonic())
+        self.arrivals.append(self.now())
         if msg.points:
             start = stamp_seconds(msg.header.stamp)
             self.windows.append((np.array([start + stamp_seconds(p.time_from_start) for p in msg.points]),
                                  np.array([p.positions[:6] for p in msg.points])))
 
     def wait_quiet(self, quiet: float, timeout: float = 5.0) -> None:
-        """Return once no trajectory window has arrived for `quiet` seconds (or after `timeout`)."""
+        """Return once no trajectory window has arrived for `quiet` seconds of `now()` (or after
+        `timeout` wall seconds)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.arrivals and time.monotonic() - self.arrivals[-1] < quiet:
+        while time.monotonic() < deadline and self.arrivals and self.now() - self.arrivals[-1] < quiet:
             time.sleep(0.02)
 
     def control_rate(self) -> float | None:
@@ -147,6 +161,19 @@ class Observer(Node):
         return response.message
 
 
+class PhysicsHeld:
+    """A ChunkPolicy whose every `predict_chunk` runs with the lockstep world's physics held: in
+    sim time the chunk takes no time at all."""
+
+    def __init__(self, policy, world):
+        self.policy, self.world = policy, world
+        self.chunk_length, self.action_dim, self.num_views = policy.chunk_length, policy.action_dim, policy.num_views
+
+    def predict_chunk(self, images, state, instruction):
+        with self.world.hold():
+            return self.policy.predict_chunk(images, state, instruction)
+
+
 EXPERT_RATE_HZ = 10.0  # the expert's chunk rows are this far apart unless a control rate is given
 
 
@@ -155,10 +182,12 @@ class SimGraph:
 
     def __init__(self, checkpoint: str | Path, instruction: str = "", image_size: int = 224,
                  fps: float = 10.0, control_rate: float = 0.0, seed: int = 0, inference: dict | None = None,
-                 record_cameras: bool = False):
+                 record_cameras: bool = False, sim_time: bool = False, speed: float = 1.0):
         """checkpoint: a checkpoint directory or "expert"; instruction: "" keeps the params file's;
         seed: the first episode's (each reset adds one); control_rate 0: the checkpoint's action
-        rate (EXPERT_RATE_HZ for the expert); inference: evo1_inference parameters to override."""
+        rate (EXPERT_RATE_HZ for the expert); inference: evo1_inference parameters to override;
+        sim_time: run on the lockstep world's clock (module doc), physics at `speed` sim seconds
+        per wall second between frames."""
         if checkpoint == EXPERT:
             control_rate = control_rate or EXPERT_RATE_HZ
         arguments = {"use_sim": "true", "instruction": instruction, "control_rate": str(control_rate or "")}
@@ -166,18 +195,32 @@ class SimGraph:
             arguments["checkpoint"] = str(checkpoint)
         graph = xarm6_inference(arguments)
         overrides = {
-            "evo1_sim": {"image_size": image_size, "fps": float(fps), "seed": seed},
+            # on sim time the lockstep world paces the camera thread, not the wall clock
+            "evo1_sim": {"image_size": image_size, "fps": 1000.0 if sim_time else float(fps), "seed": seed},
             # A CPU-rendered frame can come a period late under load: allow ~2.5 frame periods of age
             # (never less than the params file's default) before the inference node calls it stale.
             "evo1_inference": {"max_observation_age_ms": max(200.0, 2500.0 / fps), **(inference or {})},
         }
+        clock = {"use_sim_time": sim_time}
         graph = replace(graph, processes=tuple(
-            replace(process, nodes=tuple(replace(node, parameters={**node.parameters, **overrides.get(node.name, {})})
-                                         for node in process.nodes))
+            replace(process, nodes=tuple(
+                replace(node, parameters={**node.parameters, **clock, **overrides.get(node.name, {})})
+                for node in process.nodes))
             for process in graph.processes))
+        lockstep = None
+        if sim_time:
+            from evo1_ros.sim.lockstep import LockstepWorld
+
+            lockstep = LockstepWorld(image_size, fps)
 
         def node_kwargs(spec, built):
             kwargs = {"context": self.context}
+            if lockstep is not None and spec.name == "evo1_sim":
+                kwargs["world"] = lockstep
+            if lockstep is not None and spec.name == "xarm6_driver":
+                from evo1_ros.sim.backend import SimBackend
+
+                kwargs["backend"] = SimBackend(lockstep, speed=speed)
             if spec.name == "evo1_inference" and checkpoint == EXPERT:
                 from evo1_ros.sim.expert import ExpertPolicy
 
@@ -190,14 +233,19 @@ class SimGraph:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.nodes, self.observer, self.executor, self._spin = {}, None, None, None
-        self._stopping = threading.Event()
+        self._lockstep, self._stopping = lockstep, threading.Event()
         try:
             self.nodes = create_nodes(graph, node_kwargs)  # also wires sim resets to the driver, as launchers do
             self.inference, self.world = self.nodes["evo1_inference"], self.nodes["evo1_sim"].world
             # Timed where the latency is spent; its worker calls the policy only once the executor spins.
             self.policy = self.inference.policy = TimedPolicy(self.inference.policy)
+            if lockstep is not None:
+                sim = self.nodes["evo1_sim"]
+                lockstep.clock_ns = lambda: sim.get_clock().now().nanoseconds
+                self.nodes["sim_clock"] = sim_clock_node(lockstep, self.context)
+                self.inference.policy = PhysicsHeld(self.policy, lockstep)
             self.observer = Observer(self.context, self.inference.camera_topics if record_cameras else [],
-                                     self.inference.get_parameter("trajectory_topic").value)
+                                     self.inference.get_parameter("trajectory_topic").value, sim_time)
             self.executor = SingleThreadedExecutor(context=self.context)  # why one thread: nodes/spin.py
             for node in (*self.nodes.values(), self.observer):
                 self.executor.add_node(node)
@@ -237,3 +285,5 @@ class SimGraph:
             if node is not None:
                 node.destroy_node()
         rclpy.try_shutdown(context=self.context)
+        if self._lockstep is not None:  # after the camera thread stopped: it owns the GL context
+            self._lockstep.close()

@@ -6,9 +6,11 @@ for data generation) and whoever renders cameras; `lock` serialises access to Mj
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import weakref
+from typing import Iterator
 
 import mujoco
 import numpy as np
@@ -138,6 +140,12 @@ class SimWorld:
             return site.xpos.copy(), site.xmat.reshape(3, 3).copy()
 
     # --- cameras --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def frame(self) -> Iterator[None]:
+        """Capture one frame set (stamp, renders) inside. Here nothing waits: physics runs on its
+        own; `LockstepWorld` makes physics and the frames take turns."""
+        yield
 
     def render(self, camera: str) -> np.ndarray:
         """(image_size, image_size, 3) uint8 RGB from camera "base" or "wrist".

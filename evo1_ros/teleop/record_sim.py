@@ -41,23 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
 
 
-def clock_node(world, context=None):
-    """Publishes a LockstepWorld's physics time (`steps_ns`) on /clock."""
-    from builtin_interfaces.msg import Time
-    from rclpy.node import Node
-    from rosgraph_msgs.msg import Clock
-
-    node = Node("sim_clock", context=context)
-    publisher = node.create_publisher(Clock, "/clock", 10)
-
-    def publish() -> None:
-        ns = world.steps_ns
-        publisher.publish(Clock(clock=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
-
-    node.create_timer(0.005, publish)  # wall clock: this node is the one not on sim time
-    return node
-
-
 class RecordingGraph:
     """The nodes of one recording session, spinning in `context` (default: rclpy's global one,
     initialised by the caller). `teleop.done` is set when the last episode is stored."""
@@ -70,7 +53,7 @@ class RecordingGraph:
 
         from evo1_ros.nodes.driver import Xarm6DriverNode
         from evo1_ros.nodes.recorder import RecorderNode
-        from evo1_ros.nodes.sim import SimNode
+        from evo1_ros.nodes.sim import SimNode, sim_clock_node
         from evo1_ros.nodes.teleop import TeleopNode
         from evo1_ros.sim.backend import SimBackend
 
@@ -78,7 +61,7 @@ class RecordingGraph:
             return {"context": context, "parameter_overrides": [Parameter("use_sim_time", value=True)]
                     + [Parameter(k, value=v) for k, v in values.items()]}
 
-        self.nodes = [clock_node(world, context)]
+        self.nodes = [sim_clock_node(world, context)]
         try:
             # no wall-clock pacing of the camera thread: the lockstep world paces it in sim time
             sim = SimNode(world, **params(fps=1000.0, seed=first_seed))
@@ -128,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
 
     from evo1_ros.data import bag
-    from evo1_ros.teleop.lockstep import LockstepWorld
+    from evo1_ros.sim.lockstep import LockstepWorld
 
     world = LockstepWorld(args.image_size, args.fps)
     print(f"{args.episodes} episodes, seeds {seeds.start}..{seeds.stop - 1}, {args.image_size} px at {args.fps:g} "
