@@ -46,6 +46,13 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how overlapping chunks combine (default: the params file's)")
     parser.add_argument("--request-threshold", type=float,
                         help="ask for the next chunk once this fraction of a chunk is left (default: the params file's)")
+    parser.add_argument("--sim-time", action="store_true",
+                        help="run every node on the sim's clock; physics waits for frames and chunks, so the "
+                             "outcome does not depend on this machine's speed (default: real time)")
+    # Above 1 the driver's servo ticks (wall-clock paced) come further apart in sim time, and its
+    # per-tick velocity and acceleration bounds tighten accordingly: 1 keeps the real limits.
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="--sim-time: physics pace between frames, sim seconds per wall second (default 1)")
 
 
 def inference_overrides(args) -> dict:
@@ -125,25 +132,28 @@ def run(args) -> int:
               flush=True)
         try:
             graph = SimGraph(checkpoint, args.instruction, args.image_size, args.fps, args.control_rate, args.seed,
-                             inference_overrides(args), record_cameras=True)
+                             inference_overrides(args), record_cameras=True, sim_time=args.sim_time,
+                             speed=args.speed)
         except RuntimeError as e:  # a node failed to start (bad checkpoint, ...): its name and why
             print(f"evo1-ros demo: {e}", file=sys.stderr)
             return 1
     recording = Recording(out, args.fps, args.seconds)
     graph.observer.on_frame = recording.add
     try:
-        print(f"evo1-ros demo: {graph.reset_episode()}; running {args.seconds:g} s", flush=True)
-        start = time.monotonic()
+        clock = "sim " if args.sim_time else ""
+        print(f"evo1-ros demo: {graph.reset_episode()}; running {args.seconds:g} {clock}s", flush=True)
+        now = graph.observer.now  # wall or sim seconds, as the graph runs
+        start = now()
         try:
-            while (elapsed := time.monotonic() - start) < args.seconds:
+            while (elapsed := now() - start) < args.seconds:
                 time.sleep(min(1.0, args.seconds - elapsed))
                 latency, rate = latency_ms(graph.policy.latencies)["p50"], graph.observer.control_rate()
-                print(f"  {time.monotonic() - start:5.1f}/{args.seconds:g} s | frames {recording.frames:4d} | "
+                print(f"  {now() - start:5.1f}/{args.seconds:g} {clock}s | frames {recording.frames:4d} | "
                       f"chunks {len(graph.policy.latencies):3d} | control {rate or 0:5.1f} Hz | latency p50 "
                       f"{latency or 0:6.0f} ms | can in box: {'yes' if graph.world.success() else 'no'}", flush=True)
         except KeyboardInterrupt:
             print("evo1-ros demo: interrupted; writing what was recorded", file=sys.stderr)
-        elapsed = time.monotonic() - start
+        elapsed = now() - start
         success, control_rate = graph.world.success(), graph.observer.control_rate()
         jerk = graph.observer.jerk(graph.inference.dt)
     finally:
@@ -152,7 +162,7 @@ def run(args) -> int:
     summary = {
         "checkpoint": str(checkpoint), "random_weights": random_weights,
         "instruction": graph.inference.instruction, "seed": args.seed,
-        "seconds": round(elapsed, 2), "image_size": args.image_size, "target_fps": args.fps,
+        "clock": "sim" if args.sim_time else "wall", "seconds": round(elapsed, 2), "image_size": args.image_size, "target_fps": args.fps,
         "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "achieved_control_rate_hz": None if control_rate is None else round(control_rate, 2),
         "chunks": len(graph.policy.latencies), "inference_latency_ms": latency_ms(graph.policy.latencies),

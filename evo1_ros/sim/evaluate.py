@@ -31,12 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first episode's seed; episode i uses seed + i")
     parser.add_argument("--out", help="write the results here as JSON")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="episode time limit, s (default 20)")
-    parser.add_argument("--sim-time", action="store_true",
-                        help="run every node on the sim's clock; physics waits for frames and chunks")
-    # Above 1 the driver's servo ticks (wall-clock paced) come further apart in sim time, and its
-    # per-tick velocity and acceleration bounds tighten accordingly: 1 keeps the real limits.
-    parser.add_argument("--speed", type=float, default=1.0,
-                        help="--sim-time: physics pace between frames, sim seconds per wall second (default 1)")
     add_graph_arguments(parser)
 
 
