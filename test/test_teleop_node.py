@@ -1,19 +1,18 @@
 """Teleop node over real rclpy/DDS: sim expert -> recorder -> dataset, keyboard jog and episode
 keys against the driver and recorder, teaching mode on an XArmAPI stand-in."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from evo1_ros.data import bag  # noqa: E402
+from evo1_ros.nodes.spin import SpinThread  # noqa: E402
 from evo1_ros.nodes.teleop import TeleopNode  # noqa: E402
 from evo1_ros.robot import xarm6  # noqa: E402
 from xarm_standin import StandInXArmAPI  # noqa: E402
@@ -36,16 +35,7 @@ class Graph:
             self.close()
             raise
         self.listener = rclpy.create_node("listener", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        for node in [*self.nodes, self.listener]:
-            self.executor.add_node(node)
-        self.spinning = True
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):  # stoppable; see RecordingGraph._spin for why not Executor.shutdown
-        while self.spinning:
-            self.executor.spin_once(timeout_sec=0.1)
+        self.spin = SpinThread([*self.nodes, self.listener], self.context)
 
     def latest(self, msg_type, topic):
         """A list that always holds the newest message on `topic` last."""
@@ -54,9 +44,8 @@ class Graph:
         return seen
 
     def close(self):
-        if hasattr(self, "thread"):  # stop spinning before destroying nodes
-            self.spinning = False
-            self.thread.join(timeout=5.0)
+        if hasattr(self, "spin"):  # stop spinning before destroying nodes
+            self.spin.stop()
         for node in reversed(self.nodes):
             node.destroy_node()
         rclpy.try_shutdown(context=self.context)
@@ -83,7 +72,7 @@ def sim_graph(tmp_path, world, episodes):
     rclpy.init(context=context)
     graph = RecordingGraph(world, tmp_path / "bags", episodes, 1000, INSTRUCTION, context=context)
     graph.listener = rclpy.create_node("listener", context=context)
-    graph.executor.add_node(graph.listener)
+    graph.spin.add_node(graph.listener)
     return graph, context
 
 

@@ -18,7 +18,8 @@ physics) runs on threads of its own.
 from __future__ import annotations
 
 import signal
-from typing import Callable
+import threading
+from typing import Callable, Iterable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -50,3 +51,34 @@ def run_nodes(build: Callable[[], list[Node]], name: str, args=None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+class SpinThread:
+    """`nodes` spinning on one SingleThreadedExecutor in a thread of its own, until `stop()`: for
+    in-process graphs (demo, eval, recording) and tests. More nodes may join with `add_node`.
+
+    A loop of spin_once rather than spin(), so that stop() can end it before the nodes are
+    destroyed: rclpy Jazzy's Executor.shutdown under a running spin() destroys the guard
+    condition without waiting for callbacks in flight, which then raise in the spin thread."""
+
+    def __init__(self, nodes: Iterable[Node], context=None, name: str = "spin"):
+        self.executor = SingleThreadedExecutor(context=context)
+        for node in nodes:
+            self.executor.add_node(node)
+        self._running = threading.Event()
+        self._running.set()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add_node(self, node: Node) -> None:
+        self.executor.add_node(node)
+
+    def _run(self) -> None:
+        while self._running.is_set():
+            self.executor.spin_once(timeout_sec=0.1)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the spin (no callback runs after this returns) and release the executor."""
+        self._running.clear()
+        self._thread.join(timeout)
+        self.executor.shutdown()

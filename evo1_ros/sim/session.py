@@ -29,7 +29,6 @@ from typing import Callable
 
 import numpy as np
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -41,6 +40,7 @@ from trajectory_msgs.msg import JointTrajectory
 from evo1_ros.launch_graph import create_nodes, share_directory, xarm6_inference
 from evo1_ros.nodes.messages import image_to_rgb, stamp_seconds
 from evo1_ros.nodes.sim import sim_clock_node
+from evo1_ros.nodes.spin import SpinThread
 from evo1_ros.sim.metrics import TimedPolicy, commanded_path, mean_abs_jerk
 
 EXPERT = "expert"  # --checkpoint value that seats the privileged scripted expert in the policy's place
@@ -232,8 +232,7 @@ class SimGraph:
         # A context of our own, so callers (tests) may run other rclpy work in the same process.
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.nodes, self.observer, self.executor, self._spin = {}, None, None, None
-        self._lockstep, self._stopping = lockstep, threading.Event()
+        self.nodes, self.observer, self._spin, self._lockstep = {}, None, None, lockstep
         try:
             self.nodes = create_nodes(graph, node_kwargs)  # also wires sim resets to the driver, as launchers do
             self.inference, self.world = self.nodes["evo1_inference"], self.nodes["evo1_sim"].world
@@ -246,20 +245,10 @@ class SimGraph:
                 self.inference.policy = PhysicsHeld(self.policy, lockstep)
             self.observer = Observer(self.context, self.inference.camera_topics if record_cameras else [],
                                      self.inference.get_parameter("trajectory_topic").value, sim_time)
-            self.executor = SingleThreadedExecutor(context=self.context)  # why one thread: nodes/spin.py
-            for node in (*self.nodes.values(), self.observer):
-                self.executor.add_node(node)
+            self._spin = SpinThread((*self.nodes.values(), self.observer), self.context, "sim-graph")
         except BaseException:
             self.close()
             raise
-        self._spin = threading.Thread(target=self._run, name="sim-graph", daemon=True)
-        self._spin.start()
-
-    def _run(self) -> None:
-        # spin_once in a loop rather than spin(): close() stops it before the executor goes, which
-        # executor.shutdown() under a running spin() does not (it raises in this thread)
-        while not self._stopping.is_set():
-            self.executor.spin_once(timeout_sec=0.1)
 
     def reset_episode(self) -> str:
         """Next seeded episode, with inference paused across the reset so that no chunk predicted
@@ -275,11 +264,8 @@ class SimGraph:
         return message
 
     def close(self) -> None:
-        self._stopping.set()
-        if self._spin is not None:
-            self._spin.join()
-        if self.executor is not None:
-            self.executor.shutdown()
+        if self._spin is not None:  # first: no callback may run on a destroyed node
+            self._spin.stop()
         # observer, then inference (it stops sending) before the driver halts the arm, then the sim
         for node in (self.observer, *reversed(self.nodes.values())):
             if node is not None:

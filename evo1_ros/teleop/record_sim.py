@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -48,12 +47,12 @@ class RecordingGraph:
     def __init__(self, world, out: Path, episodes: int, first_seed: int, instruction: str,
                  speed: float = 2.0, storage: str = "mcap", context=None):
         """world: a LockstepWorld (it sets the camera rate); speed: physics pace between frames."""
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.parameter import Parameter
 
         from evo1_ros.nodes.driver import Xarm6DriverNode
         from evo1_ros.nodes.recorder import RecorderNode
         from evo1_ros.nodes.sim import SimNode, sim_clock_node
+        from evo1_ros.nodes.spin import SpinThread
         from evo1_ros.nodes.teleop import TeleopNode
         from evo1_ros.sim.backend import SimBackend
 
@@ -78,23 +77,11 @@ class RecordingGraph:
         except Exception:
             self.close()
             raise
-        self.executor = SingleThreadedExecutor(context=context)  # why one thread: nodes/spin.py
-        for node in self.nodes:
-            self.executor.add_node(node)
-        self._spinning = True
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
-
-    def _spin(self) -> None:
-        # A loop we can stop, rather than Executor.shutdown: in rclpy Jazzy that destroys the guard
-        # condition without waiting for callbacks in flight, which then raise in the spin thread.
-        while self._spinning:
-            self.executor.spin_once(timeout_sec=0.1)
+        self.spin = SpinThread(self.nodes, context, "recording")
 
     def close(self) -> None:
-        if hasattr(self, "executor"):  # stop spinning first: callbacks must not run on destroyed nodes
-            self._spinning = False
-            self._spinner.join(timeout=5.0)
+        if hasattr(self, "spin"):  # stop spinning first: callbacks must not run on destroyed nodes
+            self.spin.stop()
         recorder = getattr(self, "recorder", None)
         if recorder is not None and recorder.writer is not None:  # an interrupted demonstration is not one
             recorder.discard()
