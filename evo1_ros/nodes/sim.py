@@ -78,7 +78,9 @@ class SimNode(Node):
             deadline = max(deadline + period, time.monotonic())  # late: skip, do not burst
 
     def _publish_frames(self) -> None:
-        with self.world.frame():  # a lockstep world holds physics until the set is out
+        with self.world.frame(self._stop.is_set):  # a lockstep world holds physics until the set is out
+            if self._stop.is_set():  # destroyed while waiting: the world may be closing its renderer
+                return
             # one stamp per frame set, taken when the scene is captured (render takes tens of ms)
             stamp = to_time(self.get_clock().now().nanoseconds * 1e-9)
             for name, info, image_pub, info_pub in self._cameras:

@@ -54,18 +54,20 @@ class LockstepWorld(SimWorld):
             self._moved.notify_all()
 
     @contextlib.contextmanager
-    def frame(self) -> Iterator[None]:
+    def frame(self, abort: Callable[[], bool] = lambda: False) -> Iterator[None]:
         """Capture one frame set inside: on entry, wait until physics has run the last frame
         period and the ROS clock shows the new time (so a stamp taken now is the frame's time);
-        on exit, let physics run the next period."""
-        with self._moved:
-            # Wait out a policy however slow (a hold); otherwise time out only if physics stopped
-            # (shutting down): never hang the camera thread.
-            while not self._moved.wait_for(lambda: self._steps_left == 0, timeout=WAIT_S) and self._holds:
-                pass
-            target = self.steps_ns
+        on exit, let physics run the next period. The waits end early once `abort()` is true
+        (the camera is shutting down: check it again inside), and never hang on stopped physics."""
         deadline = time.monotonic() + WAIT_S
-        while self.clock_ns is not None and self.clock_ns() < target and time.monotonic() < deadline:
+        with self._moved:
+            # A slow policy (a hold) is waited out; stopped physics only until the deadline.
+            while not self._moved.wait_for(lambda: self._steps_left == 0, timeout=0.05):
+                if abort() or (not self._holds and time.monotonic() > deadline):
+                    break
+            target = self.steps_ns
+        while (self.clock_ns is not None and self.clock_ns() < target and not abort()
+               and time.monotonic() < deadline):
             time.sleep(0.001)
         yield
         with self._moved:

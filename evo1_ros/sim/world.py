@@ -142,9 +142,9 @@ class SimWorld:
     # --- cameras --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def frame(self) -> Iterator[None]:
+    def frame(self, abort=lambda: False) -> Iterator[None]:
         """Capture one frame set (stamp, renders) inside. Here nothing waits: physics runs on its
-        own; `LockstepWorld` makes physics and the frames take turns."""
+        own; `LockstepWorld` makes physics and the frames take turns (and `abort` ends its wait)."""
         yield
 
     def render(self, camera: str) -> np.ndarray:
