@@ -105,9 +105,11 @@ class SimNode(Node):
         return super().destroy_node()
 
 
-def sim_clock_node(world, context=None) -> Node:
+def sim_clock_node(world, sim: SimNode, context=None) -> Node:
     """A node publishing a `LockstepWorld`'s physics time (`steps_ns`) on /clock, for nodes on
-    use_sim_time. It is itself on the wall clock: its timer must fire while sim time stands still."""
+    use_sim_time; the world's frames then wait until `sim` (the node filming it) sees their time.
+    It is itself on the wall clock: its timer must fire while sim time stands still."""
+    world.clock_ns = lambda: sim.get_clock().now().nanoseconds
     from builtin_interfaces.msg import Time
     from rosgraph_msgs.msg import Clock
 

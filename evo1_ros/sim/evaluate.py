@@ -5,10 +5,10 @@ resume, and run the xarm6_inference graph (`use_sim:=true`, this process) until 
 in the box for SUCCESS_HOLD_S or `--max-seconds` pass. By default the graph runs in real time, so
 the policy's latency and the machine's load count; with `--sim-time` every node runs on the
 simulation's clock and physics waits for the cameras and for each chunk (sim/lockstep.py): the
-result depends on the policy alone, not on how fast this machine is, and times are sim seconds. Reports success rate, mean
-episode time (to the success, or the time limit) and action smoothness: the mean absolute jerk of
-the commanded joint trajectory (the first target of every trajectory window the inference node
-sends the driver). `--checkpoint expert` puts the scripted expert, which reads the object poses
+result depends on the policy alone, not on how fast this machine is, and times are sim seconds.
+Reports success rate, mean episode time (to the success, or the time limit) and action
+smoothness: the mean absolute jerk of the commanded joint trajectory (the first target of every
+trajectory window the inference node sends the driver). `--checkpoint expert` puts the scripted expert, which reads the object poses
 from the world, in the policy's seat: a check of the graph, its timing and the success detector.
 """
 
@@ -81,8 +81,7 @@ def run(args) -> int:
         "checkpoint": str(args.checkpoint), "instruction": graph.inference.instruction,
         "episodes": len(episodes), "seed": args.seed,
         "clock": "sim" if args.sim_time else "wall", "speed": args.speed if args.sim_time else None,
-        "max_seconds": args.max_seconds,
-        "success_hold_seconds": SUCCESS_HOLD_S,
+        "max_seconds": args.max_seconds, "success_hold_seconds": SUCCESS_HOLD_S,
         "image_size": args.image_size, "fps": args.fps, "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "inference": {name: graph.inference.get_parameter(name).value
                       for name in ("backend", "chunk_mode", "request_threshold", "noise_scale")},

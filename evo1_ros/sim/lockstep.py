@@ -24,7 +24,8 @@ WAIT_S = 5.0  # longest a frame waits for physics or the clock (only when shutti
 
 class LockstepWorld(SimWorld):
     """`steps_ns` counts physics time in integer nanoseconds and never resets: the ROS clock.
-    `clock_ns` (a node's ROS clock) lets a frame wait until the nodes see its time."""
+    `clock_ns` (a node's ROS clock, set by `nodes.sim.sim_clock_node`) lets a frame wait until
+    the nodes see its time."""
 
     def __init__(self, image_size: int, fps: float):
         self._moved = threading.Condition()  # guards _steps_left and _holds; never held while taking self.lock
@@ -66,6 +67,7 @@ class LockstepWorld(SimWorld):
                 if abort() or (not self._holds and time.monotonic() > deadline):
                     break
             target = self.steps_ns
+        deadline = time.monotonic() + WAIT_S  # afresh: a long hold must not cut the clock's wait short
         while (self.clock_ns is not None and self.clock_ns() < target and not abort()
                and time.monotonic() < deadline):
             time.sleep(0.001)

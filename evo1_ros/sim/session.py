@@ -239,9 +239,7 @@ class SimGraph:
             # Timed where the latency is spent; its worker calls the policy only once the executor spins.
             self.policy = self.inference.policy = TimedPolicy(self.inference.policy)
             if lockstep is not None:
-                sim = self.nodes["evo1_sim"]
-                lockstep.clock_ns = lambda: sim.get_clock().now().nanoseconds
-                self.nodes["sim_clock"] = sim_clock_node(lockstep, self.context)
+                self.nodes["sim_clock"] = sim_clock_node(lockstep, self.nodes["evo1_sim"], self.context)
                 self.inference.policy = PhysicsHeld(self.policy, lockstep)
             self.observer = Observer(self.context, self.inference.camera_topics if record_cameras else [],
                                      self.inference.get_parameter("trajectory_topic").value, sim_time)

@@ -60,12 +60,11 @@ class RecordingGraph:
             return {"context": context, "parameter_overrides": [Parameter("use_sim_time", value=True)]
                     + [Parameter(k, value=v) for k, v in values.items()]}
 
-        self.nodes = [sim_clock_node(world, context)]
+        self.nodes = []
         try:
             # no wall-clock pacing of the camera thread: the lockstep world paces it in sim time
             sim = SimNode(world, **params(fps=1000.0, seed=first_seed))
-            world.clock_ns = lambda: sim.get_clock().now().nanoseconds
-            self.nodes.append(sim)
+            self.nodes += [sim_clock_node(world, sim, context), sim]
             driver = Xarm6DriverNode(backend=SimBackend(world, speed=speed), **params(realtime_priority=0))
             self.nodes.append(driver)
             sim.on_reset = driver.loop.recover  # as sim_node's main: after a reset start over from HOME
