@@ -21,7 +21,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from evo1_ros.nodes.inference import InferenceNode  # noqa: E402
-from evo1_ros.nodes.messages import array_to_image, stamp_seconds  # noqa: E402
+from evo1_ros.nodes.messages import array_to_image, stamp_seconds, to_time  # noqa: E402
 from evo1_ros.robot.xarm6 import GRIPPER_JOINT, HOME, JOINT_NAMES  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -67,8 +67,11 @@ class Rig:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.cams = [f"/{tag}/cam{i}/color/image_raw" for i in range(2)]
+        # RampPolicy times its chunk from the moment it is called, which is the node's observation
+        # time only when the node does not move it back to the frames' capture (tested on its own).
         overrides = dict(camera_topics=self.cams, joint_state_topic=f"/{tag}/joint_states",
-                         trajectory_topic=f"/{tag}/trajectory", control_rate_hz=RATE, instruction="pick the cube")
+                         trajectory_topic=f"/{tag}/trajectory", control_rate_hz=RATE, instruction="pick the cube",
+                         sync_state_to_images=False)
         overrides.update(params)
         self.node = InferenceNode(policy=policy, context=self.context, namespace=f"/{tag}",
                                   parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
@@ -256,9 +259,82 @@ def test_malformed_or_missing_inputs_give_no_action_until_they_are_fixed(rig_fac
     assert "stale observation: nothing new on ['/bad/cam0/color/image_raw'" in capfd.readouterr().err
 
 
+class StateRampPolicy:
+    """Continues the arm's motion from the state it is given: action i = state + slope * i / RATE."""
+
+    num_views, action_dim, action_rate_hz, chunk_length = 2, 7, 0.0, 16
+
+    def __init__(self, slope):
+        self.slope, self.states = slope, []
+
+    def predict_chunk(self, images, state, instruction):
+        self.states.append((time.time(), state.copy()))
+        return state + self.slope * np.arange(self.chunk_length)[:, None] / RATE
+
+
+def test_state_is_taken_at_the_frames_capture_stamp_and_the_chunk_timed_from_it(rig_factory, capfd):
+    # The arm moves at 0.5 rad/s and its joint states are stamped when measured; the frames reach
+    # the node stamped 150 ms earlier (a slow camera pipeline). The policy must get the arm as the
+    # frames show it, and its chunk must be timed from that moment: timed from the request instead,
+    # the published targets would trail the motion by 0.5 rad/s * 150 ms = 0.075 rad.
+    slope, lag = 0.5, 0.15
+    policy = StateRampPolicy(slope)
+    rig = rig_factory(policy, "sync", request_threshold=0.75, max_observation_age_ms=1000.0,
+                      sync_state_to_images=True)
+    rig.feeding = False  # the rig's own unstamped feeders stay quiet; these stamp their messages
+    clock, t0 = rig.io.get_clock(), time.time()
+    image_stamps, offset = [], [-lag]
+
+    def q(t):
+        return 0.1 + slope * (np.asarray(t) - t0)
+
+    def feed_state():
+        now = clock.now().nanoseconds * 1e-9
+        msg = JointState(name=NAMES, position=[float(q(now))] * len(NAMES))
+        msg.header.stamp = to_time(now)
+        rig.state_pub.publish(msg)
+
+    def feed_images():
+        stamp = clock.now().nanoseconds * 1e-9 + offset[0]
+        image_stamps.append(stamp)
+        for pub in rig.image_pubs:
+            msg = image()
+            msg.header.stamp = to_time(stamp)
+            pub.publish(msg)
+
+    rig.io.create_timer(1 / 100, feed_state)
+    rig.io.create_timer(1 / 30, feed_images)
+    time.sleep(0.5)  # judged from here: before, the node may still hold the rig's unstamped inputs
+    calls, published = len(policy.states), len(rig.received["trajectory"])
+    time.sleep(1.5)
+    # Each state the policy got is the arm at one of the frames' stamps (exact: the motion is linear).
+    states = [state for _, state in policy.states[calls:]]
+    shown = [(state[0] - 0.1) / slope + t0 for state in states]
+    assert len(shown) >= 4
+    assert max(np.min(np.abs(np.array(image_stamps) - t)) for t in shown) < 1e-3
+    assert all(np.allclose(state, state[0]) for state in states)
+    # The targets follow the arm's own motion: each chunk was timed from its frames' stamp.
+    trajectories = list(rig.received["trajectory"])[published + 2:]  # + 2: windows of an older chunk
+    errors = [abs(p.positions[0] - q(stamp_seconds(m.header.stamp) + stamp_seconds(p.time_from_start)))
+              for m in trajectories for p in m.points]
+    assert len(trajectories) > 20 and np.median(errors) < slope / RATE / 3
+    # Observation -> first action counts from the capture, so it includes the camera's 150 ms.
+    assert np.median(rig.node.obs_to_action) >= lag
+
+    # Frames stamped on another clock (here 100 s ahead) cannot be matched: the node says so and
+    # pairs them with the newest state, timed from the request.
+    offset[0] = 100.0
+    time.sleep(0.3)
+    calls = len(policy.states)
+    time.sleep(1.5)
+    assert "cameras and joints are not stamped on one clock" in capfd.readouterr().err
+    late = [(called - ((state[0] - 0.1) / slope + t0)) for called, state in policy.states[calls:]]
+    assert late and max(late) < 0.1
+
+
 def test_pause_resume_and_instruction_at_run_time(rig_factory):
     policy = RampPolicy()
-    rig = rig_factory(policy, "svc")
+    rig = rig_factory(policy, "svc", max_observation_age_ms=1000.0)
     time.sleep(0.8)
     rig.instruction_pub.publish(String(data="open the drawer"))
     time.sleep(0.8)
@@ -270,7 +346,16 @@ def test_pause_resume_and_instruction_at_run_time(rig_factory):
     time.sleep(0.6)
     assert len(rig.received["trajectory"]) == count and len(policy.calls) == calls
 
+    # Frames captured before the resume and still arriving after it (the scene may have changed
+    # meanwhile: a new episode in the sim) start no chunk; frames taken after it do.
+    before = rig.node.get_clock().now().nanoseconds * 1e-9 - 0.01
+    rig.images = [image(), image()]
+    for msg in rig.images:
+        msg.header.stamp = to_time(before)
     assert rig.call("resume").success
+    time.sleep(0.6)
+    assert len(policy.calls) == calls and len(rig.received["trajectory"]) == count
+    rig.images = [image(), image()]  # unstamped: taken on arrival
     time.sleep(0.6)
     assert len(rig.received["trajectory"]) > count and len(policy.calls) > calls
 

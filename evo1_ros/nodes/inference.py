@@ -2,7 +2,10 @@
 
 The control timer owns the plan (`ChunkScheduler`) and publishes the upcoming targets every tick;
 the policy runs on a worker thread, so a slow chunk never delays a tick. Subscriptions only
-validate and store the latest message; decoding happens on the worker.
+validate and store the latest message; decoding happens on the worker. An observation is the
+newest frame of each view plus the joint state at the frames' capture stamp (camera pipelines
+deliver tens of ms late; demos pair frame and state of one instant), and its chunk is timed from
+that stamp.
 
 Topics in: `camera_topics` (sensor_msgs/Image rgb8/bgr8, one per view slot), `joint_state_topic`
 (sensor_msgs/JointState), `~/instruction` (std_msgs/String). Out: `trajectory_topic`
@@ -33,7 +36,8 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker
 
-from evo1_ros.nodes.messages import MessageError, check_color_image, image_to_rgb, joint_positions, to_duration, to_time
+from evo1_ros.nodes.messages import (MessageError, check_color_image, image_to_rgb, joint_positions, stamp_seconds,
+                                    to_duration, to_time)
 from evo1_ros.robot.xarm6 import GRIPPER_JOINT, JOINT_NAMES, NUM_JOINTS, tcp_positions
 from evo1_ros.runtime.chunking import MODES, ChunkScheduler
 from evo1_ros.runtime.policy import ChunkPolicy
@@ -60,12 +64,17 @@ PARAMETERS = {
     "noise_scale": (-1.0, "spread of the sampler's starting noise, 0..1 (0 = deterministic chunks); "
                           "negative = the checkpoint's own (noise_scale in its config.json)"),
     "max_observation_age_ms": (200.0, "older images or joint states start no new chunk"),
+    "sync_state_to_images": (True, "pair the images with the joint state of their capture stamp (interpolated) "
+                                   "and time the chunk from that moment, as in the recorded demos; false: the "
+                                   "newest of each, timed from the request. Needs camera and joint stamps on "
+                                   "one clock (unstamped messages count at their arrival)"),
     "trajectory_topic": ("/evo1/joint_trajectory", "trajectory_msgs/JointTrajectory to the driver"),
     "use_follow_joint_trajectory": (False, "send FollowJointTrajectory goals instead of the topic"),
     "follow_joint_trajectory_action": ("/xarm6_traj_controller/follow_joint_trajectory",
                                        "xarm_ros2 ros2_control action (joint1..joint6 only)"),
 }
 LOG_EVERY_S = 2.0
+STATE_HISTORY_S = 2.0
 
 
 class InferenceNode(Node):
@@ -94,8 +103,13 @@ class InferenceNode(Node):
         # Latest (message, receive time) per view slot and (positions, receive time) of the arm.
         self._images: list[tuple[Image, float] | None] = [None] * len(self.camera_topics)
         self._state: tuple[np.ndarray, float] | None = None
+        # (stamp, positions) of the last STATE_HISTORY_S of joint states, to look up the arm at the
+        # moment the cameras captured (frames reach us tens of ms after the joint state of their instant).
+        self.sync_to_images = p["sync_state_to_images"]
+        self._state_history: deque[tuple[float, np.ndarray]] = deque()
         self._paused = False
         self._generation = 0  # bumped by pause/resume: results of older requests are dropped
+        self._resumed_at = -math.inf  # frames captured before it show a scene that may have changed
         self._pending = False  # a request is out and its result not yet taken by the timer
         # At most one request is out at a time (`_pending`), so neither queue holds more than one item.
         self._requests: queue.Queue = queue.Queue()
@@ -184,13 +198,33 @@ class InferenceNode(Node):
         except MessageError as e:
             self._complain(f"ignoring image on {self.camera_topics[slot]}: {e}")
             return
-        self._images[slot] = (msg, self._now())
+        now = self._now()
+        if not self._before_resume(msg, now):
+            self._images[slot] = (msg, now)
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            self._state = (joint_positions(msg, self.joint_names), self._now())
+            positions, now = joint_positions(msg, self.joint_names), self._now()
         except MessageError as e:
             self._complain(f"ignoring joint state: {e}")
+            return
+        if self._before_resume(msg, now):
+            return
+        self._state = (positions, now)
+        history = self._state_history
+        stamp = stamp_seconds(msg.header.stamp) or now
+        if history and stamp < history[-1][0]:  # a restarted driver or a clock jump: start over
+            history.clear()
+        history.append((stamp, positions))
+        while history[0][0] < stamp - STATE_HISTORY_S:
+            history.popleft()
+
+    def _before_resume(self, msg, now: float) -> bool:
+        """True for a message taken shortly before the last resume and delivered after it: a frame
+        in flight shows the scene from before (in the sim: the previous episode). A stamp far from
+        the resume is another clock's; such a message counts from its arrival."""
+        taken = stamp_seconds(msg.header.stamp) or now
+        return self._resumed_at - self.max_age <= taken < self._resumed_at
 
     def _on_instruction(self, msg: String) -> None:
         self.instruction = msg.data
@@ -203,7 +237,13 @@ class InferenceNode(Node):
 
     def _on_resume(self, request, response):
         self._paused, self._generation = False, self._generation + 1
-        response.success, response.message = True, "resumed: next targets follow the next chunk"
+        # The next chunk starts from inputs taken after this moment, never from what the cameras
+        # and joints showed before (the world may have been reset or rearranged meanwhile).
+        self._resumed_at = self._now()
+        self._images = [None] * len(self.camera_topics)
+        self._state = None
+        self._state_history.clear()
+        response.success, response.message = True, "resumed: next targets follow a chunk from fresh inputs"
         return response
 
     def _observation_problem(self, now: float) -> str | None:
@@ -245,10 +285,28 @@ class InferenceNode(Node):
         if problem is not None:
             return problem
         images = [entry[0] for entry in self._images] + [None] * (self.policy.num_views - len(self._images))
-        # The chunk's first action belongs to this moment: the newest inputs are at most max_age old.
-        self._requests.put_nowait((images, self._state[0].copy(), self.instruction, now, self._generation))
+        # The chunk's first action belongs to the moment the observation shows.
+        obs_time, state = self._observed_moment(now)
+        self._requests.put_nowait((images, state, self.instruction, obs_time, self._generation))
         self._pending = True
         return None
+
+    def _observed_moment(self, now: float) -> tuple[float, np.ndarray]:
+        """(time, arm positions) of the observation: with `sync_state_to_images`, the oldest view's
+        capture stamp and the joint state interpolated there, so frame and state show one instant (a
+        state newer than its frame is a pairing the policy never saw in training); else (now, newest)."""
+        newest = self._state[0].copy()
+        if not self.sync_to_images:
+            return now, newest
+        moment = min(stamp_seconds(msg.header.stamp) or received for msg, received in self._images)
+        stamps = np.array([stamp for stamp, _ in self._state_history])
+        if not stamps[0] - self.max_age <= moment <= now + self.max_age:
+            self._complain(f"camera stamps are {now - moment:+.3f} s from now, outside the joint-state history: "
+                           "cameras and joints are not stamped on one clock; using the newest state as of now")
+            return now, newest
+        positions = np.array([q for _, q in self._state_history])
+        state = np.array([np.interp(moment, stamps, positions[:, j]) for j in range(positions.shape[1])])
+        return min(moment, now), state
 
     def _take_result(self, now: float) -> None:
         try:
