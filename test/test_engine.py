@@ -1,11 +1,14 @@
 """Engine backends compute the plain model's function (tiny preset, CPU; CUDA graph on GPU)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from evo1_ros.model.build import build_model, xarm6_normalizer
 from evo1_ros.model.checkpoint import save_checkpoint
+from evo1_ros.model.config import Evo1Config
 from evo1_ros.model.processor import Evo1Processor
 from evo1_ros.runtime.engine import MAX_CACHED, Evo1Engine, export_onnx
 from evo1_ros.runtime.policy import Evo1ChunkPolicy
@@ -99,6 +102,25 @@ def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compil
     torch.testing.assert_close(engine.predict(other, mask, noise).float().cpu(),
                                reference(model, processor, other, noise), atol=atol, rtol=0)
     assert len(engine._graphs) == 2
+
+
+def test_checkpoint_carries_how_its_chunks_are_executed(tiny, tmp_path):
+    model, processor, _, _ = tiny
+    save_checkpoint(tmp_path / "plain", model, processor.tokenizer, processor.normalizer)
+    plain = Evo1ChunkPolicy.from_checkpoint(tmp_path / "plain")
+    assert (plain.chunk_mode, plain.request_threshold) == (None, None)  # the node's defaults apply
+    model.config.chunk_mode, model.config.request_threshold = "open_loop", 0.0
+    try:
+        save_checkpoint(tmp_path / "ck", model, processor.tokenizer, processor.normalizer)
+    finally:
+        model.config.chunk_mode, model.config.request_threshold = None, None
+    policy = Evo1ChunkPolicy.from_checkpoint(tmp_path / "ck")
+    assert (policy.chunk_mode, policy.request_threshold) == ("open_loop", 0.0)
+    with pytest.raises(ValueError, match="chunk_mode must be one of"):
+        dataclasses.replace(model.config, chunk_mode="blend")
+    with pytest.raises(ValueError, match="request_threshold must be in"):
+        dataclasses.replace(model.config, request_threshold=1.5)
+    assert Evo1Config.from_dict(model.config.to_dict()) == model.config
 
 
 def test_noise_scale_sets_the_spread_of_the_starting_noise(tiny, tmp_path):

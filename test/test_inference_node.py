@@ -332,6 +332,17 @@ def test_state_is_taken_at_the_frames_capture_stamp_and_the_chunk_timed_from_it(
     assert late and max(late) < 0.1
 
 
+def test_chunk_execution_is_the_checkpoints_unless_the_parameters_say(rig_factory):
+    policy = RampPolicy()
+    policy.chunk_mode, policy.request_threshold = "open_loop", 0.0  # as a checkpoint's config.json says
+    scheduler = rig_factory(policy, "ck_own").node.scheduler
+    assert (scheduler.mode, scheduler.request_threshold) == ("open_loop", 0.0)
+    scheduler = rig_factory(policy, "ck_set", chunk_mode="temporal_ensemble", request_threshold=0.25).node.scheduler
+    assert (scheduler.mode, scheduler.request_threshold) == ("temporal_ensemble", 0.25)
+    scheduler = rig_factory(RampPolicy(), "ck_none").node.scheduler  # no preference: the node's defaults
+    assert (scheduler.mode, scheduler.request_threshold) == ("crossfade", 0.5)
+
+
 def test_pause_resume_and_instruction_at_run_time(rig_factory):
     policy = RampPolicy()
     rig = rig_factory(policy, "svc", max_observation_age_ms=1000.0)

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..runtime.chunking import MODES
+
 # Placeholder tokens of the InternVL prompt format.
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 
@@ -120,6 +122,12 @@ class Evo1Config:
     # Rate (Hz) of the actions in a chunk, i.e. of the data it was trained on; the inference node
     # executes one action per control tick, so it runs at this rate. 0 = unknown.
     action_rate_hz: float = 0.0
+    # How the inference node should execute this checkpoint's chunks when its parameters leave it
+    # open (runtime.chunking: mode, and the fraction of a chunk left when the next is asked for);
+    # None: the node's defaults. The checkpoint is where it was measured: a small policy trained
+    # on few demos may work only with whole chunks played open loop (models/README.md).
+    chunk_mode: str | None = None
+    request_threshold: float | None = None
 
     def __post_init__(self):
         text = self.vlm["text_config"]
@@ -133,6 +141,10 @@ class Evo1Config:
             raise ValueError(f"context_padding must be 'mask' or 'reference', got {self.context_padding!r}")
         if not 0.0 <= self.noise_scale <= 1.0:
             raise ValueError(f"noise_scale must be in [0, 1], got {self.noise_scale}")
+        if self.chunk_mode is not None and self.chunk_mode not in MODES:
+            raise ValueError(f"chunk_mode must be one of {MODES} or null, got {self.chunk_mode!r}")
+        if self.request_threshold is not None and not 0.0 <= self.request_threshold <= 1.0:
+            raise ValueError(f"request_threshold must be in [0, 1] or null, got {self.request_threshold}")
         if not 1 <= self.max_views <= 3:
             raise ValueError(f"max_views must be 1..3, got {self.max_views}")
 

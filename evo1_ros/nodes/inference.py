@@ -44,6 +44,7 @@ from evo1_ros.runtime.policy import ChunkPolicy
 from evo1_ros.nodes.spin import run_nodes
 
 DEFAULT_RATE_HZ = 30.0
+DEFAULT_CHUNK_MODE, DEFAULT_REQUEST_THRESHOLD = "crossfade", 0.5
 PARAMETERS = {
     "checkpoint": ("", "Evo-1 checkpoint directory"),
     "instruction": ("", "language instruction; change at run time on ~/instruction"),
@@ -52,8 +53,11 @@ PARAMETERS = {
     "joint_state_topic": ("/joint_states", "sensor_msgs/JointState with joint1..joint6 + drive_joint"),
     "control_rate_hz": (0.0, "publish rate of trajectory windows, one chunk action per tick; 0 = the rate "
                              f"the checkpoint was trained at ({DEFAULT_RATE_HZ:.0f} Hz if it does not say)"),
-    "chunk_mode": ("crossfade", f"how overlapping chunks combine: {', '.join(MODES)}"),
-    "request_threshold": (0.5, "ask for the next chunk once this fraction of a chunk is left"),
+    "chunk_mode": ("", f"how overlapping chunks combine: {', '.join(MODES)}; empty = the checkpoint's own "
+                       f"(chunk_mode in its config.json), else {DEFAULT_CHUNK_MODE}"),
+    "request_threshold": (-1.0, "ask for the next chunk once this fraction of a chunk is left; negative = the "
+                                f"checkpoint's own (request_threshold in its config.json), else "
+                                f"{DEFAULT_REQUEST_THRESHOLD}"),
     "ensemble_decay": (0.01, "m in the temporal-ensemble weights exp(-m i)"),
     "device": ("cpu", "torch device for the policy"),
     "dtype": ("float32", "policy compute dtype (float32, bfloat16, float16)"),
@@ -97,8 +101,13 @@ class InferenceNode(Node):
             self.get_logger().warning(f"control_rate_hz {rate} differs from the {self.policy.action_rate_hz} Hz the "
                                       "policy was trained at: its motions will play faster or slower")
         self.dt = 1.0 / rate
-        self.scheduler = ChunkScheduler(self.dt, self.policy.chunk_length, p["chunk_mode"], p["request_threshold"],
-                                        p["ensemble_decay"])
+        # Left open by the parameters: what the checkpoint was measured with, else the defaults.
+        mode = p["chunk_mode"] or getattr(self.policy, "chunk_mode", None) or DEFAULT_CHUNK_MODE
+        threshold = p["request_threshold"]
+        if threshold < 0:
+            threshold = getattr(self.policy, "request_threshold", None)
+            threshold = DEFAULT_REQUEST_THRESHOLD if threshold is None else threshold
+        self.scheduler = ChunkScheduler(self.dt, self.policy.chunk_length, mode, threshold, p["ensemble_decay"])
 
         # Latest (message, receive time) per view slot and (positions, receive time) of the arm.
         self._images: list[tuple[Image, float] | None] = [None] * len(self.camera_topics)
@@ -151,7 +160,7 @@ class InferenceNode(Node):
         self.create_timer(self.dt, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
-            f"{self.policy.chunk_length}-step chunks, mode {p['chunk_mode']}, {rate} Hz, "
+            f"{self.policy.chunk_length}-step chunks, mode {mode}, request threshold {threshold}, {rate} Hz, "
             f"views {self.camera_topics}, instruction {self.instruction!r}")
 
     # --- setup ---------------------------------------------------------------------------------

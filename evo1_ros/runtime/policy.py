@@ -17,6 +17,10 @@ class ChunkPolicy(Protocol):
     action_dim: int  # valid action dims (xArm6: 6 joints + gripper = 7)
     num_views: int  # camera views the policy expects, in slot order
     action_rate_hz: float  # how far apart a chunk's actions are (1 / period); 0 = unknown
+    # How its chunks should be executed where the inference node's parameters leave it open
+    # (runtime.chunking); a policy may leave these out or set None for the node's defaults.
+    chunk_mode: str | None
+    request_threshold: float | None
 
     def predict_chunk(
         self, images: Sequence[np.ndarray | None], state: np.ndarray, instruction: str
@@ -37,6 +41,8 @@ class Evo1ChunkPolicy:
         self.chunk_length = engine.model.config.chunk_length
         self.num_views = engine.model.config.max_views
         self.action_rate_hz = engine.model.config.action_rate_hz
+        self.chunk_mode = engine.model.config.chunk_mode
+        self.request_threshold = engine.model.config.request_threshold
         self._action_mask = self.processor.action_mask(action_dim)
 
     @classmethod

@@ -43,9 +43,11 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["torch", "onnx"], help="inference engine backend (default: the "
                         "params file's); onnx reads CHECKPOINT/onnx, written by `evo1-ros export-onnx`")
     parser.add_argument("--chunk-mode", choices=MODES,
-                        help="how overlapping chunks combine (default: the params file's)")
+                        help="how overlapping chunks combine (default: the params file's; left open there: "
+                             "the checkpoint's)")
     parser.add_argument("--request-threshold", type=float,
-                        help="ask for the next chunk once this fraction of a chunk is left (default: the params file's)")
+                        help="ask for the next chunk once this fraction of a chunk is left (default: the params "
+                             "file's; left open there: the checkpoint's)")
     parser.add_argument("--sim-time", action="store_true",
                         help="run every node on the sim's clock; physics waits for frames and chunks, so the "
                              "outcome does not depend on this machine's speed (default: real time)")

@@ -83,8 +83,10 @@ def run(args) -> int:
         "clock": "sim" if args.sim_time else "wall", "speed": args.speed if args.sim_time else None,
         "max_seconds": args.max_seconds, "success_hold_seconds": SUCCESS_HOLD_S,
         "image_size": args.image_size, "fps": args.fps, "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
-        "inference": {name: graph.inference.get_parameter(name).value
-                      for name in ("backend", "chunk_mode", "request_threshold", "noise_scale")},
+        "inference": {"backend": graph.inference.get_parameter("backend").value,
+                      "chunk_mode": graph.inference.scheduler.mode,  # in effect: the parameter's or the checkpoint's
+                      "request_threshold": graph.inference.scheduler.request_threshold,
+                      "noise_scale": graph.inference.get_parameter("noise_scale").value},
         "success_rate": sum(e["success"] for e in episodes) / len(episodes),
         "mean_episode_seconds": mean("seconds"), "mean_abs_jerk_rad_s3": mean("mean_abs_jerk_rad_s3"),
         "achieved_control_rate_hz": mean("control_rate_hz"),
