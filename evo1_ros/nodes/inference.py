@@ -109,8 +109,9 @@ class InferenceNode(Node):
             threshold = DEFAULT_REQUEST_THRESHOLD if threshold is None else threshold
         self.scheduler = ChunkScheduler(self.dt, self.policy.chunk_length, mode, threshold, p["ensemble_decay"])
 
-        # Latest (message, receive time) per view slot and (positions, receive time) of the arm.
-        self._images: list[tuple[Image, float] | None] = [None] * len(self.camera_topics)
+        # Latest (message, receive time, capture time) per view slot and (positions, receive time) of
+        # the arm. Capture time: the header stamp, or the receive time for an unstamped message.
+        self._images: list[tuple[Image, float, float] | None] = [None] * len(self.camera_topics)
         self._state: tuple[np.ndarray, float] | None = None
         # (stamp, positions) of the last STATE_HISTORY_S of joint states, to look up the arm at the
         # moment the cameras captured (frames reach us tens of ms after the joint state of their instant).
@@ -208,8 +209,9 @@ class InferenceNode(Node):
             self._complain(f"ignoring image on {self.camera_topics[slot]}: {e}")
             return
         now = self._now()
-        if not self._before_resume(msg, now):
-            self._images[slot] = (msg, now)
+        taken = stamp_seconds(msg.header.stamp) or now
+        if not self._before_resume(taken):
+            self._images[slot] = (msg, now, taken)
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
@@ -217,22 +219,21 @@ class InferenceNode(Node):
         except MessageError as e:
             self._complain(f"ignoring joint state: {e}")
             return
-        if self._before_resume(msg, now):
+        taken = stamp_seconds(msg.header.stamp) or now
+        if self._before_resume(taken):
             return
         self._state = (positions, now)
         history = self._state_history
-        stamp = stamp_seconds(msg.header.stamp) or now
-        if history and stamp < history[-1][0]:  # a restarted driver or a clock jump: start over
+        if history and taken < history[-1][0]:  # a restarted driver or a clock jump: start over
             history.clear()
-        history.append((stamp, positions))
-        while history[0][0] < stamp - STATE_HISTORY_S:
+        history.append((taken, positions))
+        while history[0][0] < taken - STATE_HISTORY_S:
             history.popleft()
 
-    def _before_resume(self, msg, now: float) -> bool:
-        """True for a message taken shortly before the last resume and delivered after it: a frame
-        in flight shows the scene from before (in the sim: the previous episode). A stamp far from
-        the resume is another clock's; such a message counts from its arrival."""
-        taken = stamp_seconds(msg.header.stamp) or now
+    def _before_resume(self, taken: float) -> bool:
+        """True for a message taken (stamped) shortly before the last resume and delivered after it:
+        a frame in flight shows the scene from before (in the sim: the previous episode). A stamp far
+        from the resume is another clock's; such a message counts from its arrival."""
         return self._resumed_at - self.max_age <= taken < self._resumed_at
 
     def _on_instruction(self, msg: String) -> None:
@@ -307,7 +308,7 @@ class InferenceNode(Node):
         newest = self._state[0].copy()
         if not self.sync_to_images:
             return now, newest
-        moment = min(stamp_seconds(msg.header.stamp) or received for msg, received in self._images)
+        moment = min(taken for _, _, taken in self._images)
         stamps = np.array([stamp for stamp, _ in self._state_history])
         if not stamps[0] - self.max_age <= moment <= now + self.max_age:
             self._complain(f"camera stamps are {now - moment:+.3f} s from now, outside the joint-state history: "

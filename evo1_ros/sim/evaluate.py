@@ -8,8 +8,9 @@ simulation's clock and physics waits for the cameras and for each chunk (sim/loc
 result depends on the policy alone, not on how fast this machine is, and times are sim seconds.
 Reports success rate, mean episode time (to the success, or the time limit) and action
 smoothness: the mean absolute jerk of the commanded joint trajectory (the first target of every
-trajectory window the inference node sends the driver). `--checkpoint expert` puts the scripted expert, which reads the object poses
-from the world, in the policy's seat: a check of the graph, its timing and the success detector.
+trajectory window the inference node sends the driver). `--checkpoint expert` puts the scripted
+expert, which reads the object poses from the world, in the policy's seat: a check of the graph,
+its timing and the success detector.
 """
 
 from __future__ import annotations
