@@ -47,7 +47,8 @@ def test_stick_deadband_and_scaling(xbox):
 
 
 def test_deadband_is_continuous_and_clipped():
-    np.testing.assert_allclose(apply_deadband([0.1, 0.1000001, 1.0, -1.0, 3.0], 0.1), [0, 1e-7 / 0.9, 1, -1, 1], atol=1e-12)
+    shaped = apply_deadband([0.1, 0.1000001, 1.0, -1.0, 3.0], 0.1)
+    np.testing.assert_allclose(shaped, [0, 1e-7 / 0.9, 1, -1, 1], atol=1e-12)
 
 
 def test_gripper_buttons_need_the_deadman(xbox):

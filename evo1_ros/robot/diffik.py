@@ -18,12 +18,14 @@ reaches the goal in one period by damped least squares on the geometric Jacobian
 integrated goal (instead of integrating joint velocities open loop) keeps the orientation from
 drifting while the TCP translates. The damping is zero away from singularities (exact tracking)
 and grows as the smallest singular value falls below `singular_value_threshold`, so the arm slows
-down there instead of flailing. A joint that would cross its limit (kept `joint_limit_margin`
-inside, as the driver's safety filter does) is stopped at it and the others re-solved, so the TCP
-still moves as far along the command as the free joints allow. Finally the whole joint velocity is
-scaled down uniformly to `max_joint_velocity`, which keeps the TCP on the commanded direction. When
-the arm cannot follow (a limit, a singularity, the speed bound), the goal is re-anchored to where
-the arm got, so nothing winds up and releasing the device stops the arm at once.
+down there instead of flailing; a step that would take it below `min_singular_value` (e.g. the
+arm stretched straight, from where it could hardly be pulled back) is not taken. A joint that
+would cross its limit (kept `joint_limit_margin` inside, as the driver's safety filter does) is
+stopped at it and the others re-solved, so the TCP still moves as far along the command as the
+free joints allow. Finally the whole joint velocity is scaled down uniformly to
+`max_joint_velocity`, which keeps the TCP on the commanded direction. When the arm cannot follow
+(a limit, a singularity, the speed bound), the goal is re-anchored to where the arm got, so
+nothing winds up and releasing the device stops the arm at once.
 """
 
 from __future__ import annotations
