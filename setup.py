@@ -33,6 +33,9 @@ SIM = ["mujoco>=3.1", "opencv-python-headless>=4.8"]
 ROBOT = ["xarm-python-sdk>=1.14", "pyrealsense2>=2.54"]
 DATA = ["rosbags>=0.10", "opencv-python-headless>=4.8"]
 GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18"]
+# Teleop devices: a Dynamixel leader arm (GELLO) and a 3Dconnexion SpaceMouse (needs the system's
+# libhidapi-hidraw0 on a real machine; the tests feed it HID reports without one).
+TELEOP = ["dynamixel-sdk>=4.0", "pyspacemouse>=2.1"]
 TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18"]
 
 setup(
@@ -65,7 +68,8 @@ setup(
         "robot": ROBOT,
         "data": DATA,
         "gpu": GPU,
-        "test": TEST + ROS_WHEELS + SIM + ROBOT + DATA,
+        "teleop": TELEOP,
+        "test": TEST + ROS_WHEELS + SIM + ROBOT + DATA + TELEOP,
     },
     entry_points={
         "console_scripts": [

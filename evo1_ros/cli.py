@@ -21,6 +21,7 @@ COMMANDS = {
     "demo": ("evo1_ros.sim.demo", "run the whole graph in the MuJoCo sim headless; write a video, stills, JSON"),
     "eval": ("evo1_ros.sim.evaluate", "closed-loop evaluation in the sim through the ROS graph: success, time, jerk"),
     "record-sim": ("evo1_ros.teleop.record_sim", "record scripted-expert demonstrations in sim through the recorder"),
+    "leader-calibrate": ("evo1_ros.teleop.leader_calibrate", "calibrate a Dynamixel leader arm's offsets and gripper"),
     "train": ("evo1_ros.train.train_cmd", "fine-tune Evo-1 on evo1 datasets in two stages (torchrun for multi-GPU)"),
     "export-onnx": ("evo1_ros.runtime.export_cmd", "export a checkpoint's action head to ONNX for onnxruntime"),
 }

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import mujoco
 import numpy as np
 
+from evo1_ros.robot.diffik import jacobian, pose_error
 from evo1_ros.robot.xarm6 import GRIPPER_CLOSED, GRIPPER_OPEN, JOINT_LOWER, JOINT_UPPER, forward_kinematics
 from evo1_ros.sim.mjcf import BOX_WALL, CAN_HEIGHT
 from evo1_ros.sim.world import SimWorld
@@ -60,16 +61,10 @@ def solve_ik(target: np.ndarray, q: np.ndarray, iters: int = 100, tol: float = 1
     """
     q = np.array(q, dtype=float)
     for _ in range(iters):
-        poses = forward_kinematics(q)
-        tcp, rot = poses.tcp[:3, 3], poses.tcp[:3, :3]
-        # orientation error as a rotation vector (small-angle form, exact enough near convergence)
-        error = np.concatenate([target[:3, 3] - tcp, 0.5 * np.cross(rot, target[:3, :3], axis=0).sum(axis=1)])
+        jac, tcp = jacobian(q)
+        error = pose_error(tcp, target)  # small-angle orientation error: exact enough near convergence
         if np.abs(error).max() < tol:
             break
-        # revolute joints about their z axes: v = z x (p_tcp - p_joint), w = z
-        axes = np.array([link[:3, 2] for link in poses.links])
-        origins = np.array([link[:3, 3] for link in poses.links])
-        jac = np.vstack([np.cross(axes, tcp - origins).T, axes.T])
         q += jac.T @ np.linalg.solve(jac @ jac.T + 1e-4 * np.eye(6), error)
         q = np.clip(q, JOINT_LOWER, JOINT_UPPER)
     return q
