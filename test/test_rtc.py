@@ -16,6 +16,7 @@ from evo1_ros.runtime.chunking import RTC_SCHEDULES, RTCConfig, RTCInputs
 from evo1_ros.runtime.engine import Evo1Engine, export_onnx
 from evo1_ros.runtime.policy import DelayedPolicy, Evo1ChunkPolicy, rtc_refusal
 from evo1_ros.runtime.rtc import Guidance, guidance_weight, prefix_weights
+from evo1_ros.sim.metrics import TimedPolicy
 
 VALID = 7  # xArm6: 6 joints + gripper
 
@@ -164,9 +165,10 @@ def test_delayed_policy_adds_its_latency_and_passes_everything_through(tiny):
     delayed = DelayedPolicy(policy, extra_latency_ms=150)
     assert (delayed.chunk_length, delayed.action_dim, delayed.rtc_refusal) == (16, VALID, None)
     frames = [np.zeros((48, 64, 3), np.uint8)]
+    timed = TimedPolicy(policy)  # the wrapped policy's own time, to tell the added time apart
     start = time.perf_counter()
-    chunk = delayed.predict_chunk(frames, np.zeros(VALID), "pick up the can")
-    assert time.perf_counter() - start >= 0.150
+    chunk = DelayedPolicy(timed, extra_latency_ms=150).predict_chunk(frames, np.zeros(VALID), "pick up the can")
+    assert time.perf_counter() - start - timed.latencies[-1] >= 0.150
     np.testing.assert_allclose(chunk, policy.predict_chunk(frames, np.zeros(VALID), "pick up the can"))
     rtc = RTCInputs(chunk[4:], 3, RTCConfig(4, 10.0, "EXP"))
     np.testing.assert_allclose(delayed.predict_chunk(frames, np.ones(VALID), "pick up the can", rtc=rtc),
