@@ -46,7 +46,8 @@ def test_weight_zero_guidance_is_the_plain_sampler(tiny, schedule):
     prefix = np.random.default_rng(1).uniform(-1, 1, (h - 4, VALID))
     guidance = Guidance.build(prefix, 3, RTCConfig(4, 0.0, schedule), h, 24)
     engine = Evo1Engine(model, processor, num_steps=8)  # any step count: 8 keeps the test short
-    out = engine.predict(new, processor.action_mask(VALID), noise, guidance=guidance)
+    with torch.inference_mode():  # a caller's inference mode does not stop the guidance's gradient
+        out = engine.predict(new, processor.action_mask(VALID), noise, guidance=guidance)
     expected = model.sample(new, processor.action_mask(VALID), noise=noise, num_steps=8)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 

@@ -196,8 +196,9 @@ class Evo1Engine:
         guidance = None if prefix is None else Guidance(prefix, weights, max_weight)
         return self.model.denoise(kv, key_mask, noise, mask, self.steps, velocity=self.velocity, guidance=guidance)
 
-    # no_grad, not inference_mode: the guidance takes a gradient through the head, which tensors
-    # made in inference mode (the context's keys/values) cannot take part in.
+    # no_grad, and out of inference mode even where a caller is in it: the guidance takes a
+    # gradient through the head, which tensors made in inference mode cannot take part in.
+    @torch.inference_mode(False)
     @torch.no_grad()
     def predict(self, obs: dict, action_mask: torch.Tensor, noise: torch.Tensor | None = None,
                 guidance: Guidance | None = None) -> torch.Tensor:

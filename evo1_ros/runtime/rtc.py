@@ -88,6 +88,6 @@ class Guidance:
             x = x.detach().requires_grad_(True)
             v = velocity(x)
             clean = x + (1.0 - tau) * v
-            error = (self.weights * (self.prefix - clean)).detach()
+            error = self.weights * (self.prefix - clean.detach())
             (correction,) = torch.autograd.grad(clean, x, error)
         return v.detach() + guidance_weight(tau, self.max_weight) * correction
