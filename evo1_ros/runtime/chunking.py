@@ -177,7 +177,7 @@ class ChunkScheduler:
     def delay_steps(self) -> int:
         """d: how many of a new chunk's steps are due by the time it lands, at `delay()`."""
         delay = self.delay()
-        return 0 if delay is None else min(int(math.floor(delay / self.dt + TIME_EPS)) + 1, self.chunk_length)
+        return 0 if delay is None else min(math.floor(delay / self.dt + TIME_EPS) + 1, self.chunk_length)
 
     def rtc_inputs(self, obs_time: float) -> RTCInputs | None:
         """For a chunk about to be asked for the observation at `obs_time`: the plan's actions at

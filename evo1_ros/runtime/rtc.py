@@ -63,7 +63,7 @@ class Guidance:
     max_weight: torch.Tensor  # () beta
 
     @classmethod
-    def build(cls, prefix: np.ndarray, delay: int, config: RTCConfig, horizon: int, action_dim: int) -> "Guidance":
+    def build(cls, prefix: np.ndarray, delay: int, config: RTCConfig, horizon: int, action_dim: int) -> Guidance:
         """prefix (n, a): the previous plan's normalised actions at the new chunk's steps 0..n-1
         (n <= horizon, a <= action_dim valid dims); delay: d, the steps committed before the chunk lands."""
         prefix = np.asarray(prefix, dtype=np.float32)
