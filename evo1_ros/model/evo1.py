@@ -293,12 +293,14 @@ class Evo1(nn.Module):
         mask = action_mask.to(device=device, dtype=dtype).unsqueeze(1)
         return self.denoise(kv, key_mask, noise.to(device=device, dtype=dtype), mask, num_steps)
 
-    def denoise(self, kv, key_mask, noise, mask, num_steps: int | None = None, velocity=None) -> torch.Tensor:
+    def denoise(self, kv, key_mask, noise, mask, num_steps: int | None = None, velocity=None,
+                guidance=None) -> torch.Tensor:
         """The Euler loop alone, given the context keys/values: a fixed sequence of tensor ops
         with no host decisions, so it can be captured as one CUDA graph. `velocity` replaces
-        head.velocity by an equivalent (a compiled one). The integration state stays in float32
-        whatever the model's dtype (32 small increments summed in bf16 would lose ~1e-2), and so
-        does the result."""
+        head.velocity by an equivalent (a compiled one). `guidance(step_velocity, x, tau)`, if
+        given, returns the velocity to integrate in place of step_velocity(x) (real-time chunking,
+        runtime.rtc). The integration state stays in float32 whatever the model's dtype (32 small
+        increments summed in bf16 would lose ~1e-2), and so does the result."""
         steps = int(num_steps or self.config.num_steps)
         velocity = velocity or self.head.velocity
         dt = 1.0 / steps
@@ -306,7 +308,14 @@ class Evo1(nn.Module):
         x = noise.float() * mask32
         for i in range(steps):
             time_emb = self.head.time_table[time_index(i / steps)].to(noise.dtype).expand(x.shape[0], -1)
-            x = x + dt * (velocity((x * mask32).to(noise.dtype), kv, key_mask, time_emb).float() * mask32)
+
+            def step_velocity(a, time_emb=time_emb):
+                return velocity(a.to(noise.dtype), kv, key_mask, time_emb).float() * mask32
+
+            if guidance is None:
+                x = x + dt * step_velocity(x * mask32)
+            else:
+                x = x + dt * (guidance(step_velocity, x * mask32, i / steps) * mask32)
         return x * mask32
 
 

@@ -14,6 +14,10 @@ What makes it fast, compared with the reference server's path:
   unrolled: one call per chunk (CUDA / TensorRT providers when present; on CPU it removes the
   per-operator Python overhead that dominates a small head).
 
+Real-time chunking (runtime.rtc) guides the Euler loop toward the previous plan: the torch
+backend runs it, eager or in the CUDA graph (the previous plan, its weights and the guidance clip
+are graph inputs; the guided and the plain chunk are two graphs of one layout).
+
 Backends compute the same function as `Evo1.sample`: tests hold them to 1e-4 in fp32.
 """
 
@@ -28,6 +32,7 @@ import torch
 
 from ..model.evo1 import Evo1
 from ..model.processor import Evo1Processor
+from .rtc import Guidance
 
 BACKENDS = ("torch", "onnx")
 HEAD_GRAPH, HEAD_INFO = "action_head.onnx", "action_head.json"
@@ -172,21 +177,34 @@ class Evo1Engine:
         # new layout pays the compilation (tens of seconds for the 0.77b model).
         self.context = torch.compile(model.context) if torch_compile else model.context
         self.velocity = torch.compile(model.head.velocity) if torch_compile else None
+        # Why this engine cannot run real-time chunking, or None if it can.
+        self.rtc_refusal = None
         if backend == "onnx":
             if onnx_dir is None:
                 raise ValueError("the onnx backend needs onnx_dir (written by `evo1-ros export-onnx`)")
             self.onnx = _OnnxHead(onnx_dir, self.steps)
+            self.rtc_refusal = ("the onnx backend cannot run real-time chunking: its exported head has no "
+                                "gradient for the guidance; use backend torch")
 
-    def _chunk(self, pixel_values, state, input_ids, noise, mask, layout) -> torch.Tensor:
+    def _chunk(self, pixel_values, state, input_ids, noise, mask, layout, prefix=None, weights=None,
+               max_weight=None) -> torch.Tensor:
         obs = {"pixel_values": pixel_values, "state": state, "input_ids": input_ids}
         context, key_mask = self.context(obs, layout)
         if self.backend == "onnx":
             return self.onnx(context, key_mask, noise, mask).to(self.device)
         kv = self.model.head.context_keys_values(context)
-        return self.model.denoise(kv, key_mask, noise, mask, self.steps, velocity=self.velocity)
+        guidance = None if prefix is None else Guidance(prefix, weights, max_weight)
+        return self.model.denoise(kv, key_mask, noise, mask, self.steps, velocity=self.velocity, guidance=guidance)
 
-    @torch.inference_mode()
-    def predict(self, obs: dict, action_mask: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    # no_grad, and out of inference mode even where a caller is in it: the guidance takes a
+    # gradient through the head, which tensors made in inference mode cannot take part in.
+    @torch.inference_mode(False)
+    @torch.no_grad()
+    def predict(self, obs: dict, action_mask: torch.Tensor, noise: torch.Tensor | None = None,
+                guidance: Guidance | None = None) -> torch.Tensor:
+        """`guidance`: real-time chunking inputs (runtime.rtc), None for a plain chunk."""
+        if guidance is not None and self.rtc_refusal is not None:
+            raise ValueError(self.rtc_refusal)
         # The layout depends on the prompt and the present views only: computed once per pair.
         key = tuple(torch.cat([obs["input_ids"].flatten(), obs["attention_mask"].flatten(),
                                obs["view_mask"].flatten()]).tolist())
@@ -199,7 +217,9 @@ class Evo1Engine:
                   "input_ids": obs["input_ids"].to(self.device),
                   "noise": noise.to(device=self.device, dtype=self.dtype),
                   "mask": action_mask.to(device=self.device, dtype=self.dtype).unsqueeze(1)}
+        if guidance is not None:
+            inputs.update({name: t.to(self.device) for name, t in guidance.tensors().items()})
         if not self.use_graph:
             return self._chunk(**inputs, layout=layout)
-        graph = _recent(self._graphs, key, lambda: _GraphedChunk(self._chunk, inputs, layout))
+        graph = _recent(self._graphs, (key, guidance is not None), lambda: _GraphedChunk(self._chunk, inputs, layout))
         return graph(**inputs)

@@ -1,15 +1,20 @@
 """What the runtime needs from a policy: one action chunk per observation.
 
 `ChunkPolicy` is the seam between the ROS nodes and the model: the inference node only calls
-`predict_chunk`. The Evo-1 implementation lives beside it (`Evo1ChunkPolicy`).
+`predict_chunk`. The Evo-1 implementation lives beside it (`Evo1ChunkPolicy`), and so does
+`DelayedPolicy`, which adds latency to any policy (a slower GPU, a remote policy).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from typing import Protocol, Sequence
 
 import numpy as np
+
+from .chunking import RTCInputs
 
 
 class ChunkPolicy(Protocol):
@@ -21,14 +26,24 @@ class ChunkPolicy(Protocol):
     # (runtime.chunking); a policy may leave these out or set None for the node's defaults.
     chunk_mode: str | None
     request_threshold: float | None
+    # Why it cannot take `rtc` inputs, or None if it can; a policy without it cannot (rtc_refusal()).
+    rtc_refusal: str | None
 
     def predict_chunk(
-        self, images: Sequence[np.ndarray | None], state: np.ndarray, instruction: str
+        self, images: Sequence[np.ndarray | None], state: np.ndarray, instruction: str,
+        rtc: RTCInputs | None = None,
     ) -> np.ndarray:
         """images: per view slot an (H, W, 3) uint8 RGB frame or None (missing view);
         state: (action_dim,) joints (rad) + gripper drive; returns (chunk_length, action_dim)
-        absolute joint targets (rad) + gripper drive, in robot units (de-normalised)."""
+        absolute joint targets (rad) + gripper drive, in robot units (de-normalised).
+        rtc: real-time chunking inputs (ChunkScheduler.rtc_inputs, robot units), or None for a
+        plain chunk; a policy that cannot take them raises ValueError with its rtc_refusal."""
         ...
+
+
+def rtc_refusal(policy) -> str | None:
+    """Why `policy` cannot run real-time chunking (chunk_mode rtc), or None if it can."""
+    return getattr(policy, "rtc_refusal", f"{type(policy).__name__} takes no real-time chunking inputs")
 
 
 class Evo1ChunkPolicy:
@@ -43,6 +58,7 @@ class Evo1ChunkPolicy:
         self.action_rate_hz = engine.model.config.action_rate_hz
         self.chunk_mode = engine.model.config.chunk_mode
         self.request_threshold = engine.model.config.request_threshold
+        self.rtc_refusal = engine.rtc_refusal
         self._action_mask = self.processor.action_mask(action_dim)
 
     @classmethod
@@ -78,7 +94,42 @@ class Evo1ChunkPolicy:
                             torch_compile=torch_compile, num_steps=num_steps, noise_scale=noise_scale)
         return cls(engine, processor.normalizer.action_dim)
 
-    def predict_chunk(self, images, state, instruction):
+    def predict_chunk(self, images, state, instruction, rtc: RTCInputs | None = None):
         obs = self.processor.observation(images, state, instruction)
-        actions = self.engine.predict(obs, self._action_mask)
+        guidance = None
+        if rtc is not None:  # the engine refuses it where it cannot (rtc_refusal)
+            from .rtc import Guidance
+
+            guidance = Guidance.build(self.normalised_actions(rtc.prefix), rtc.delay, rtc.config,
+                                      self.chunk_length, self.engine.model.config.max_action_dim)
+        actions = self.engine.predict(obs, self._action_mask, guidance=guidance)
         return self.processor.actions_to_robot(actions[0].float(), self.action_dim)
+
+    def normalised_actions(self, actions: np.ndarray) -> np.ndarray:
+        """(n, action_dim) robot units -> (n, action_dim) as the model samples them: the inverse of
+        processor.actions_to_robot (bounds normalisation clips to [-1, 1], where the model lives)."""
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[1] != self.action_dim:
+            raise ValueError(f"actions must be (n, {self.action_dim}), got {actions.shape}")
+        normalizer = self.processor.normalizer
+        return actions if normalizer is None else normalizer.normalize("action", actions)
+
+
+class DelayedPolicy:
+    """Any ChunkPolicy with `extra_latency_ms` added to every chunk: it stands for a slower GPU or a
+    remote policy, to see how a chunk mode copes with latency. Everything else is the wrapped
+    policy's (attributes are read through)."""
+
+    def __init__(self, policy, extra_latency_ms: float):
+        if not math.isfinite(extra_latency_ms) or extra_latency_ms < 0:
+            raise ValueError(f"extra latency must be a finite number of ms >= 0, got {extra_latency_ms}")
+        self.policy, self.extra_latency_s = policy, extra_latency_ms / 1000.0
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def predict_chunk(self, images, state, instruction, rtc: RTCInputs | None = None):
+        # A plain request goes through with three arguments: a policy without RTC need not take a fourth.
+        chunk = self.policy.predict_chunk(images, state, instruction, **({} if rtc is None else {"rtc": rtc}))
+        time.sleep(self.extra_latency_s)
+        return chunk
