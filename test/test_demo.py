@@ -10,7 +10,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from evo1_ros.sim.demo import SHEET_COLUMNS, SHEET_ROWS, Recording  # noqa: E402
+from evo1_ros.graphs.demo import SHEET_COLUMNS, SHEET_ROWS, Recording  # noqa: E402
 from evo1_ros.sim.metrics import commanded_path, mean_abs_jerk  # noqa: E402
 
 

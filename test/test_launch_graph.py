@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from evo1_ros.cli import build_parser
-from evo1_ros.launch_graph import parse_arguments, xarm6_inference
+from evo1_ros.graphs.launch import parse_arguments, xarm6_inference
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"

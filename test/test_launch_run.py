@@ -27,7 +27,7 @@ from visualization_msgs.msg import Marker  # noqa: E402
 
 from evo1_ros import cli  # noqa: E402
 from evo1_ros.nodes.messages import array_to_image  # noqa: E402
-from evo1_ros.launch_graph import xarm6_inference  # noqa: E402
+from evo1_ros.graphs.launch import xarm6_inference  # noqa: E402
 from evo1_ros.robot.description import xarm6_urdf  # noqa: E402
 from evo1_ros.robot.xarm6 import JOINT_NAMES  # noqa: E402
 

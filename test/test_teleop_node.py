@@ -66,7 +66,7 @@ def override(context, **values):
 
 def sim_graph(tmp_path, world, episodes):
     """`record-sim`'s graph (sim time, /clock from the world) in a private context."""
-    from evo1_ros.teleop.record_sim import RecordingGraph
+    from evo1_ros.graphs.record_sim import RecordingGraph
 
     context = rclpy.Context()
     rclpy.init(context=context)

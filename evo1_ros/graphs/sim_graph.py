@@ -1,6 +1,6 @@
 """`SimGraph`: the xarm6_inference launch graph with `use_sim:=true`, in this process, for demo and eval.
 
-The nodes come from `launch_graph.xarm6_inference` — the description `ros2 launch` and
+The nodes come from `graphs.launch.xarm6_inference` — the description `ros2 launch` and
 `evo1-ros launch` use — so demo and eval exercise the very graph a user launches: sim_node (sim
 world + cameras + the driver on the sim backend) and the inference node, talking over DDS. On top
 of the params file they override a few parameters (image size, camera rate, seed), time the
@@ -37,7 +37,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from evo1_ros.launch_graph import create_nodes, share_directory, xarm6_inference
+from evo1_ros.graphs.launch import create_nodes, share_directory, xarm6_inference
 from evo1_ros.nodes.messages import image_to_rgb, stamp_seconds
 from evo1_ros.nodes.sim import sim_clock_node
 from evo1_ros.nodes.spin import SpinThread

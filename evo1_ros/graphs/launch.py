@@ -79,7 +79,7 @@ class Graph:
 
 def share_directory() -> Path:
     """The package's share directory: installed (ament index, or pip's data_files), else the checkout."""
-    candidates = [Path(__file__).resolve().parent.parent, Path(sys.prefix) / "share" / PACKAGE]
+    candidates = [Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / PACKAGE]
     try:
         from ament_index_python.packages import get_package_share_directory
 

@@ -121,7 +121,7 @@ def run(args) -> int:
     import tempfile
 
     from evo1_ros.sim.metrics import latency_ms
-    from evo1_ros.sim.session import SimGraph, default_checkpoint, random_tiny_checkpoint, warn_random_weights
+    from evo1_ros.graphs.sim_graph import SimGraph, default_checkpoint, random_tiny_checkpoint, warn_random_weights
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
