@@ -33,7 +33,8 @@ SIM = ["mujoco>=3.1", "opencv-python-headless>=4.8"]
 ROBOT = ["xarm-python-sdk>=1.14", "pyrealsense2>=2.54"]
 DATA = ["rosbags>=0.10", "opencv-python-headless>=4.8"]
 GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18"]
-TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18"]
+# import-linter and ruff: the architecture and lint tests (test/test_architecture.py, test/test_lint.py)
+TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18", "import-linter>=2.1", "ruff>=0.6"]
 
 setup(
     name=PACKAGE,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evo1_ros.data.frames import encode_frame
 from evo1_ros.robot.xarm6 import GRIPPER_JOINT, JOINT_NAMES
 
 NAMES = (*JOINT_NAMES, GRIPPER_JOINT)  # state and action dims, in this order
@@ -40,20 +41,6 @@ FORMAT_VERSION = 1
 
 class ConversionError(RuntimeError):
     pass
-
-
-def encode_frame(rgb: np.ndarray, codec: str) -> np.ndarray:
-    import cv2
-
-    ok, buf = cv2.imencode(f".{codec}", np.ascontiguousarray(rgb[..., ::-1]))  # cv2 wants BGR
-    assert ok, codec
-    return buf.ravel()
-
-
-def decode_frame(buf: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
 def image_rgb(msg, where: str) -> np.ndarray:
