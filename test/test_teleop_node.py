@@ -14,12 +14,12 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from evo1_ros.data import bag  # noqa: E402
 from evo1_ros.nodes.spin import SpinThread  # noqa: E402
 from evo1_ros.nodes.teleop import TeleopNode  # noqa: E402
-from evo1_ros.robot import xarm6  # noqa: E402
+from evo1_ros.robot import topics, xarm6  # noqa: E402
 from xarm_standin import StandInXArmAPI  # noqa: E402
 
 pytestmark = pytest.mark.ros
 INSTRUCTION = "put the can in the box"
-CAMERA = bag.camera_topic("base")
+CAMERA = topics.camera_topic("base")
 
 
 class Graph:

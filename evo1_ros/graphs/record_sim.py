@@ -49,12 +49,10 @@ class RecordingGraph:
         """world: a LockstepWorld (it sets the camera rate); speed: physics pace between frames."""
         from rclpy.parameter import Parameter
 
-        from evo1_ros.nodes.driver import Xarm6DriverNode
         from evo1_ros.nodes.recorder import RecorderNode
-        from evo1_ros.nodes.sim import SimNode, sim_clock_node
+        from evo1_ros.nodes.sim import bring_up
         from evo1_ros.nodes.spin import SpinThread
         from evo1_ros.nodes.teleop import TeleopNode
-        from evo1_ros.sim.backend import SimBackend
 
         def params(**values):
             return {"context": context, "parameter_overrides": [Parameter("use_sim_time", value=True)]
@@ -63,11 +61,8 @@ class RecordingGraph:
         self.nodes = []
         try:
             # no wall-clock pacing of the camera thread: the lockstep world paces it in sim time
-            sim = SimNode(world, **params(fps=1000.0, seed=first_seed))
-            self.nodes += [sim_clock_node(world, sim, context), sim]
-            driver = Xarm6DriverNode(backend=SimBackend(world, speed=speed), **params(realtime_priority=0))
-            self.nodes.append(driver)
-            sim.on_reset = driver.loop.recover  # as sim_node's main: after a reset start over from HOME
+            self.nodes += bring_up({"evo1_sim": {"world": world, **params(fps=1000.0, seed=first_seed, speed=speed)},
+                                    "xarm6_driver": params(realtime_priority=0)}).values()
             self.recorder = RecorderNode(**params(output_dir=str(out), cameras=["base", "wrist"], storage=storage))
             self.nodes.append(self.recorder)
             self.teleop = TeleopNode(world, **params(source="sim_expert", episodes=episodes,
