@@ -145,6 +145,29 @@ def test_discard_removes_the_episode(tmp_path):
     assert bag.read_meta(episode)["success"] is False and bag.is_complete(episode)
 
 
+def test_parameters_are_applied_from_the_next_episode_or_refused(tmp_path):
+    recorder = None
+
+    def make(ctx):
+        nonlocal recorder
+        recorder = RecorderNode(context=ctx, parameter_overrides=[Parameter("output_dir", value=str(tmp_path / "a"))])
+        return [recorder]
+
+    h = Harness(make)
+    try:
+        (refused,) = recorder.set_parameters([Parameter("storage", value="zip")])
+        assert not refused.successful and "'mcap', 'sqlite3'" in refused.reason and recorder.storage == "mcap"
+        assert "read-only" in recorder.set_parameters([Parameter("cameras", value=["side"])])[0].reason
+        assert all(r.successful for r in recorder.set_parameters([Parameter("storage", value="sqlite3"),
+                                                                  Parameter("output_dir", value=str(tmp_path / "b"))]))
+        assert h.call("/recorder/start").success
+        assert h.call("/recorder/stop_success").success
+    finally:
+        h.close()
+    (episode,) = (tmp_path / "b").iterdir()
+    assert list(episode.glob("*.db3"))  # the new storage, in the new directory
+
+
 def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
     recorder = subprocess.Popen(
         [sys.executable, "-m", "evo1_ros.nodes.recorder", "--ros-args",
