@@ -83,7 +83,7 @@ def topic_layout(bag_path: Path, meta: dict, cameras: list[str] | None) -> dict:
 
 
 def read_streams(bag_path: Path, layout: dict, image_size: int, need_command: bool) -> dict:
-    """topic -> (stamps int64 ns, values): resized RGB frames, joint or command vectors."""
+    """Per topic (stamps int64 ns, values): resized RGB frames, joint or command vectors."""
     import cv2
 
     from evo1_ros.data import bag

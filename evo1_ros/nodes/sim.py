@@ -137,8 +137,9 @@ def bring_up(node_kwargs: dict[str, dict] | None = None) -> dict[str, Node]:
     """sim_node's nodes by name, in start order: `evo1_sim` (a SimNode), `xarm6_driver` (the driver
     on a SimBackend of the same world at the sim's `speed`) and, when the world is a
     `LockstepWorld`, `sim_clock`. `node_kwargs[name]` go to that node's constructor (context,
-    cli_args, parameter_overrides; the sim's `world`). After an episode reset the arm is at HOME, so the driver starts over from there
-    instead of dragging the arm back to where the previous episode ended."""
+    cli_args, parameter_overrides; the sim's `world`). After an episode reset the arm is at HOME,
+    so the driver starts over from there instead of dragging the arm back to where the previous
+    episode ended."""
     from evo1_ros.nodes.driver import Xarm6DriverNode
     from evo1_ros.sim.backend import SimBackend
     from evo1_ros.sim.lockstep import LockstepWorld

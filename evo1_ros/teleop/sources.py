@@ -2,8 +2,9 @@
 
 The teleop node streams a joint target (`ArmTarget`) to the driver at a fixed rate. Every stream
 period it asks its source for the next target, given the arm's measured pose; keys the node does
-not handle itself (help and episode keys are the node's) go to the source with `press`. A new device (a leader arm, a SpaceMouse, a joystick) is one more `Source`
-and one more entry in `SOURCES`:
+not handle itself (help and episode keys are the node's) go to the source with `press`. A new
+device (a leader arm, a SpaceMouse, a joystick) is one more `Source` and one more entry in
+`SOURCES`:
 
 - `next_target` runs on the node's timer: it must not block (read a device on a thread of its
   own, or without waiting);
