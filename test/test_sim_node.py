@@ -103,6 +103,7 @@ def test_parameters_are_described_and_changes_applied_or_refused(rig):
     assert not result.successful and "read-only" in result.reason
     (result,) = sim.set_parameters([Parameter("fps", value=-5.0)])
     assert not result.successful and "above 0" in result.reason and sim.fps == 20.0
+    assert "0 or more" in sim.set_parameters([Parameter("seed", value=-1)])[0].reason
     # a new seed is the next reset's scene
     assert sim.set_parameters([Parameter("seed", value=42)])[0].successful
     client = probe.create_client(Trigger, "/evo1_sim/reset")

@@ -73,8 +73,11 @@ class SimNode(Node):
         self.fps = value  # the camera thread's next period
         return None
 
-    def _set_seed(self, value: int) -> None:
+    def _set_seed(self, value: int) -> str | None:
+        if value < 0:
+            return f"must be 0 or more, not {value}"
         self._next_seed = value
+        return None
 
     def _intrinsics(self, camera: str) -> Intrinsics:
         """Pinhole intrinsics of a square MuJoCo camera (fovy is the vertical field of view)."""
