@@ -36,7 +36,8 @@ GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18"]
 # Teleop devices: a Dynamixel leader arm (GELLO) and a 3Dconnexion SpaceMouse (needs the system's
 # libhidapi-hidraw0 on a real machine; the tests feed it HID reports without one).
 TELEOP = ["dynamixel-sdk>=4.0", "pyspacemouse>=2.1"]
-TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18"]
+# import-linter and ruff: the architecture and lint tests (test/test_architecture.py, test/test_lint.py)
+TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18", "import-linter>=2.1", "ruff>=0.6"]
 
 setup(
     name=PACKAGE,
@@ -45,7 +46,6 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["sim/assets/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -69,7 +69,7 @@ def run(checkpoint: str, rate: float, seconds: float, executor_kind: str) -> dic
             pub.publish(msg)
 
     def feed_state():
-        state = JointState(name=list(xarm6.JOINT_NAMES) + [xarm6.GRIPPER_JOINT], position=list(xarm6.HOME) + [0.0])
+        state = JointState(name=list(xarm6.JOINT_STATE_NAMES), position=list(xarm6.HOME) + [0.0])
         state.header.stamp = feeder.get_clock().now().to_msg()
         joints.publish(state)
 

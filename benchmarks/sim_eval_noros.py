@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Closed-loop sim eval WITHOUT ROS, and the sampler-noise diagnostic, for fast checkpoint tuning.
 
-`evo1-ros eval` (evo1_ros/sim/evaluate.py) is the measurement of record: it runs the real graph in
+`evo1-ros eval` (evo1_ros/graphs/evaluate.py) is the measurement of record: it runs the real graph in
 real time. This script is the quick loop used while training: `SimWorld` + `Evo1ChunkPolicy`, no
 DDS, physics as fast as the CPU allows. Each chunk is predicted from the current frames and state,
 and its first `--execute` rows are played one `--dt` apart (receding horizon, no crossfade), which

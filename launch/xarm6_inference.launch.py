@@ -4,7 +4,7 @@
         cameras:=base:_123456789012,wrist:_234567890123 instruction:="put the can in the box" rviz:=true
     ros2 launch evo1_ros xarm6_inference.launch.py use_sim:=true checkpoint:=/path/to/ckpt
 
-Which nodes start with which parameters is decided in `evo1_ros.launch_graph`, which
+Which nodes start with which parameters is decided in `evo1_ros.graphs.launch`, which
 `evo1-ros launch xarm6_inference name:=value ...` runs in one process on machines without ROS 2 launch.
 """
 
@@ -15,7 +15,7 @@ from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from evo1_ros import launch_graph
+from evo1_ros.graphs import launch as launch_graph
 
 
 def start_nodes(context):

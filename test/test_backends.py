@@ -10,7 +10,9 @@ import pytest
 
 from evo1_ros.robot import xarm6
 from evo1_ros.robot.backend import BackendError
-from evo1_ros.robot.backends import BACKENDS, FakeBackend, XArmSdkBackend, describe_code, make_backend
+from evo1_ros.robot import backends
+from evo1_ros.robot.backends import (BACKENDS, FakeBackend, XArmSdkBackend, describe_code, make_backend,
+                                      register_backend)
 from evo1_ros.runtime.safety import SafetyLimits
 from evo1_ros.runtime.servo import ServoLoop
 from xarm_standin import StandInXArmAPI
@@ -41,11 +43,13 @@ def tick_for(loop, clock, seconds):
         loop.tick()
 
 
-def test_make_backend_names_and_registry():
+def test_make_backend_names_and_registry(monkeypatch):
     assert isinstance(make_backend("fake"), FakeBackend)
-    assert BACKENDS["sim"] == "evo1_ros.sim.backend:SimBackend"
     with pytest.raises(ValueError, match="fake"):
         make_backend("nonsense")
+    monkeypatch.setattr(backends, "BACKENDS", dict(BACKENDS))  # registered for this test only
+    register_backend("kinematic", "evo1_ros.robot.backends:FakeBackend")
+    assert isinstance(make_backend("kinematic"), FakeBackend)
 
 
 def test_fake_backend_follows_with_first_order_lag():

@@ -10,7 +10,9 @@ import pytest
 
 from evo1_ros import cli
 from evo1_ros.data import bag
-from evo1_ros.data.convert import NAMES, ConversionError, convert
+from evo1_ros.data.convert import ConversionError, convert
+from evo1_ros.robot import topics
+from evo1_ros.robot.xarm6 import JOINT_STATE_NAMES as NAMES
 
 rclpy_serialization = pytest.importorskip("rclpy.serialization")
 from sensor_msgs.msg import Image, JointState  # noqa: E402
@@ -20,9 +22,9 @@ pytestmark = pytest.mark.ros  # messages are serialized with rclpy, as the recor
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000  # header stamps in wall-clock range
-CAMERAS = {"base": bag.camera_topic("base"), "wrist": bag.camera_topic("wrist")}
-LAYOUT = {"cameras": CAMERAS, "joint_states": bag.JOINT_STATES_TOPIC,
-          "command": bag.COMMAND_TOPIC}
+CAMERAS = {"base": topics.camera_topic("base"), "wrist": topics.camera_topic("wrist")}
+LAYOUT = {"cameras": CAMERAS, "joint_states": topics.JOINT_STATES,
+          "command": topics.TRAJECTORY}
 
 
 def stamp(msg, ns):
@@ -69,18 +71,18 @@ def synthetic_messages(seconds=1.0, camera_gap=None):
         out.append((CAMERAS["wrist"], ns, image(ns, k + 100, "bgr8")))
     for i in range(int(seconds * 100)):
         ns = T0 + i * 10 * MS
-        out.append((bag.JOINT_STATES_TOPIC, ns, joint_state(ns, i)))
-        out.append((bag.COMMAND_TOPIC, ns + 3 * MS, command(ns + 3 * MS, i)))
+        out.append((topics.JOINT_STATES, ns, joint_state(ns, i)))
+        out.append((topics.TRAJECTORY, ns + 3 * MS, command(ns + 3 * MS, i)))
     return sorted(out, key=lambda m: m[1])
 
 
-def write_bag(path, messages, meta=None, topics=None):
-    topics = topics or {**{t: bag.IMAGE_TYPE for t in CAMERAS.values()},
-                        bag.JOINT_STATES_TOPIC: bag.JOINT_STATE_TYPE,
-                        bag.COMMAND_TOPIC: bag.TRAJECTORY_TYPE}
+def write_bag(path, messages, meta=None, types=None):
+    types = types or {**{t: bag.IMAGE_TYPE for t in CAMERAS.values()},
+                      topics.JOINT_STATES: bag.JOINT_STATE_TYPE,
+                      topics.TRAJECTORY: bag.TRAJECTORY_TYPE}
     meta = {"instruction": "stack the cubes", "cameras": list(CAMERAS), "topics": LAYOUT,
             **(meta or {})}
-    writer = bag.EpisodeWriter(path, topics, meta)
+    writer = bag.EpisodeWriter(path, types, meta)
     for topic, ns, msg in messages:
         writer.write(topic, ns + 5 * MS, rclpy_serialization.serialize_message(msg))
     writer.close(True)
@@ -198,7 +200,7 @@ def test_missing_camera_topic_fails_clearly(tmp_path):
 
 def test_reversed_stamps_fail_clearly(tmp_path):
     messages = synthetic_messages(0.5)
-    js = [k for k, m in enumerate(messages) if m[0] == bag.JOINT_STATES_TOPIC]
+    js = [k for k, m in enumerate(messages) if m[0] == topics.JOINT_STATES]
     # Arrival (log time) order kept, header stamps of messages 10 and 11 swapped.
     (topic, a, msg_a), (_, b, msg_b) = messages[js[10]], messages[js[11]]
     messages[js[10]], messages[js[11]] = (topic, a, msg_b), (topic, b, msg_a)

@@ -62,7 +62,7 @@ def test_expert_on_sim_time_succeeds_at_the_exact_control_rate(tmp_path):
 def test_graph_options_override_only_what_is_given():
     import argparse
 
-    from evo1_ros.sim.demo import add_graph_arguments, inference_overrides
+    from evo1_ros.graphs.demo import add_graph_arguments, inference_overrides
 
     parser = argparse.ArgumentParser()
     add_graph_arguments(parser)

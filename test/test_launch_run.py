@@ -27,7 +27,7 @@ from visualization_msgs.msg import Marker  # noqa: E402
 
 from evo1_ros import cli  # noqa: E402
 from evo1_ros.nodes.messages import array_to_image  # noqa: E402
-from evo1_ros.launch_graph import xarm6_inference  # noqa: E402
+from evo1_ros.graphs.launch import xarm6_inference  # noqa: E402
 from evo1_ros.robot.description import xarm6_urdf  # noqa: E402
 from evo1_ros.robot.xarm6 import JOINT_NAMES  # noqa: E402
 
@@ -161,7 +161,7 @@ class Probe:
 def launch_command(launcher: str, tmp_path: Path, env: dict) -> list[str]:
     if launcher == "evo1-ros":
         return [sys.executable, "-m", "evo1_ros.cli", "launch", "xarm6_inference"]
-    pytest.importorskip("launch_ros.actions", reason="no ROS 2 launch (see SPEC §5 to get one)")
+    pytest.importorskip("launch_ros.actions", reason="no ROS 2 launch (a ROS 2 install or its launch packages)")
     pytest.importorskip("ros2launch")
     import launch_ros
 
@@ -186,7 +186,7 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
     # under ros2 launch, rviz:=true too (with stand-ins for robot_state_publisher and rviz2)
     rviz = launcher == "ros2" and use_sim == "false"
     env["RVIZ2_ARGV"] = str(tmp_path / "rviz2_argv")
-    command += [f"rviz:={str(rviz).lower()}", 
+    command += [f"rviz:={str(rviz).lower()}",
         f"use_sim:={use_sim}", f"checkpoint:={checkpoint}", "instruction:=put the can in the box",
         "control_rate:=1", f"params_file:={params_file(tmp_path)}", "cameras:=base,wrist"]
     probe = Probe(feed_images=use_sim == "false")

@@ -32,7 +32,7 @@ def origin(joint):
 
 
 def pose(robot, link, q):
-    """link's pose in the root frame, composing the URDF joints up the tree."""
+    """The link's pose in the root frame, composing the URDF joints up the tree."""
     joints = {j.find("child").get("link"): j for j in robot.iter("joint")}
     chain = np.eye(4)
     while link in joints:

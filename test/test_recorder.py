@@ -21,6 +21,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from evo1_ros.data import bag  # noqa: E402
 from evo1_ros.data.convert import convert  # noqa: E402
 from evo1_ros.nodes.recorder import RecorderNode  # noqa: E402
+from evo1_ros.robot import topics  # noqa: E402
 from test_data_convert import CAMERAS, synthetic_messages, write_bag  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -42,8 +43,8 @@ class Harness:
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
 
-    def publishers(self, topics: dict[str, str]) -> dict:
-        pubs = {t: self.node.create_publisher(TYPES[m], t, 100) for t, m in topics.items()}
+    def publishers(self, types: dict[str, str]) -> dict:
+        pubs = {t: self.node.create_publisher(TYPES[m], t, 100) for t, m in types.items()}
         deadline = time.monotonic() + 20
         while any(p.get_subscription_count() == 0 for p in pubs.values()):
             assert time.monotonic() < deadline, "recorder never subscribed"
@@ -94,7 +95,7 @@ def test_record_then_convert_matches_the_published_episode(tmp_path):
         assert not h.call("/recorder/start").success  # one episode at a time
         messages = synthetic_messages(1.0)
         publish_in_real_time(pubs, messages)
-        pubs[bag.INSTRUCTION_TOPIC].publish(String(data="stack the cubes"))
+        pubs[topics.INSTRUCTION].publish(String(data="stack the cubes"))
         time.sleep(0.5)  # let the last messages arrive
         stopped = h.call("/recorder/stop_success")
         assert stopped.success, stopped.message
@@ -108,13 +109,13 @@ def test_record_then_convert_matches_the_published_episode(tmp_path):
     assert meta["operator_note"] == "first try" and meta["cameras"] == ["base", "wrist"]
 
     recorded = list(bag.read_messages(episode))
-    for topic in [*CAMERAS.values(), bag.JOINT_STATES_TOPIC, bag.COMMAND_TOPIC]:
+    for topic in [*CAMERAS.values(), topics.JOINT_STATES, topics.TRAJECTORY]:
         sent = [ns for t, ns, _ in messages if t == topic]
         got = [bag.decode(m.msgtype, m.raw).header.stamp for m in recorded if m.topic == topic]
         assert [s.sec * 1_000_000_000 + s.nanosec for s in got] == sent, topic
     assert [bag.decode(m.msgtype, m.raw).data for m in recorded
-            if m.topic == bag.INSTRUCTION_TOPIC] == ["stack the cubes"]
-    assert meta["message_counts"][bag.JOINT_STATES_TOPIC] == 100
+            if m.topic == topics.INSTRUCTION] == ["stack the cubes"]
+    assert meta["message_counts"][topics.JOINT_STATES] == 100
 
     # Converting the recorded bag gives exactly what converting the published messages gives.
     via_dds = convert([episode], tmp_path / "via_dds", rate=10, image_size=8)
@@ -144,15 +145,38 @@ def test_discard_removes_the_episode(tmp_path):
     assert bag.read_meta(episode)["success"] is False and bag.is_complete(episode)
 
 
+def test_parameters_are_applied_from_the_next_episode_or_refused(tmp_path):
+    recorder = None
+
+    def make(ctx):
+        nonlocal recorder
+        recorder = RecorderNode(context=ctx, parameter_overrides=[Parameter("output_dir", value=str(tmp_path / "a"))])
+        return [recorder]
+
+    h = Harness(make)
+    try:
+        (refused,) = recorder.set_parameters([Parameter("storage", value="zip")])
+        assert not refused.successful and "'mcap', 'sqlite3'" in refused.reason and recorder.storage == "mcap"
+        assert "read-only" in recorder.set_parameters([Parameter("cameras", value=["side"])])[0].reason
+        assert all(r.successful for r in recorder.set_parameters([Parameter("storage", value="sqlite3"),
+                                                                  Parameter("output_dir", value=str(tmp_path / "b"))]))
+        assert h.call("/recorder/start").success
+        assert h.call("/recorder/stop_success").success
+    finally:
+        h.close()
+    (episode,) = (tmp_path / "b").iterdir()
+    assert list(episode.glob("*.db3"))  # the new storage, in the new directory
+
+
 def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
     recorder = subprocess.Popen(
         [sys.executable, "-m", "evo1_ros.nodes.recorder", "--ros-args",
          "-p", f"output_dir:={tmp_path}", "-p", "cameras:=[base]", "-p", "flush_period:=0.5"],
         env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     h = Harness()
-    sent = {bag.JOINT_STATES_TOPIC: [], CAMERAS["base"]: []}
+    sent = {topics.JOINT_STATES: [], CAMERAS["base"]: []}
     try:
-        pubs = h.publishers({bag.JOINT_STATES_TOPIC: bag.JOINT_STATE_TYPE,
+        pubs = h.publishers({topics.JOINT_STATES: bag.JOINT_STATE_TYPE,
                              CAMERAS["base"]: bag.IMAGE_TYPE})
         assert h.call("/recorder/start").success
         frame = np.zeros((48, 64, 3), np.uint8).tobytes()
@@ -162,8 +186,8 @@ def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
             now = time.time_ns()
             js = JointState(name=["joint1"], position=[float(i)])
             js.header.stamp.sec, js.header.stamp.nanosec = divmod(now, 1_000_000_000)
-            pubs[bag.JOINT_STATES_TOPIC].publish(js)
-            sent[bag.JOINT_STATES_TOPIC].append(now)
+            pubs[topics.JOINT_STATES].publish(js)
+            sent[topics.JOINT_STATES].append(now)
             if i % 3 == 0:
                 img = Image(height=48, width=64, encoding="rgb8", step=192, data=frame)
                 img.header.stamp = js.header.stamp
@@ -187,7 +211,7 @@ def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
             s = bag.decode(m.msgtype, m.raw).header.stamp
             got.append(s.sec * 1_000_000_000 + s.nanosec)
         older = [s for s in stamps if s <= killed - 1_000_000_000]
-        assert len(older) > 50 if topic == bag.JOINT_STATES_TOPIC else len(older) > 15
+        assert len(older) > 50 if topic == topics.JOINT_STATES else len(older) > 15
         assert got[: len(older)] == older, f"{topic}: lost messages older than 1 s"
         assert set(got) <= set(stamps)
     salvaged = [m.raw for m in bag.read_messages(episode)]
@@ -203,7 +227,7 @@ def test_sigint_mid_episode_closes_the_bag(tmp_path):
         env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     h = Harness()
     try:
-        pub = h.publishers({bag.JOINT_STATES_TOPIC: bag.JOINT_STATE_TYPE})[bag.JOINT_STATES_TOPIC]
+        pub = h.publishers({topics.JOINT_STATES: bag.JOINT_STATE_TYPE})[topics.JOINT_STATES]
         assert h.call("/recorder/start").success
         for i in range(20):
             pub.publish(JointState(name=["joint1"], position=[float(i)]))
@@ -219,4 +243,4 @@ def test_sigint_mid_episode_closes_the_bag(tmp_path):
     assert bag.is_complete(episode)
     meta = bag.read_meta(episode)
     assert meta["success"] is None and meta["instruction"] == "wave"
-    assert meta["message_counts"][bag.JOINT_STATES_TOPIC] == 20
+    assert meta["message_counts"][topics.JOINT_STATES] == 20

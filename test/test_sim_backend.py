@@ -1,4 +1,5 @@
-"""The `sim` driver backend: made by the driver's factory, steps in real time, follows commands."""
+"""The `sim` driver backend: made by the driver's factory (registered by the ROS layer), steps in
+real time, follows commands."""
 
 import time
 
@@ -7,6 +8,7 @@ import pytest
 
 pytest.importorskip("mujoco")
 
+import evo1_ros.nodes  # noqa: E402,F401  (registers the sim backend, as for the driver node)
 from evo1_ros.robot.backends import make_backend  # noqa: E402
 from evo1_ros.sim import world as world_module  # noqa: E402
 from evo1_ros.sim.backend import SimBackend  # noqa: E402

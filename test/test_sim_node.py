@@ -1,7 +1,6 @@
 """sim_node over real rclpy/DDS: cameras on the camera node's topics, the unmodified driver moving
 the simulated arm through the sim backend, episode resets that the driver follows."""
 
-import threading
 import time
 
 import numpy as np
@@ -9,7 +8,6 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
@@ -17,11 +15,10 @@ from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from evo1_ros.nodes.driver import Xarm6DriverNode  # noqa: E402
 from evo1_ros.nodes.messages import image_to_rgb, to_duration  # noqa: E402
-from evo1_ros.nodes.sim import SimNode  # noqa: E402
+from evo1_ros.nodes.sim import bring_up  # noqa: E402
+from evo1_ros.nodes.spin import SpinThread  # noqa: E402
 from evo1_ros.robot.xarm6 import GRIPPER_JOINT, HOME, JOINT_NAMES  # noqa: E402
-from evo1_ros.sim.backend import SimBackend  # noqa: E402
 from evo1_ros.sim.world import SimWorld  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim]
@@ -37,17 +34,20 @@ def wait_for(condition, timeout=5.0):
 
 @pytest.fixture
 def rig():
-    """SimNode + driver on one 64 px world, as `sim_node`'s main wires them, plus a probe node."""
+    """sim_node's bringup on one 64 px world (SimNode + driver on a SimBackend, resets wired), plus a
+    probe node."""
     context = rclpy.Context()
     rclpy.init(context=context)
     world = SimWorld(image_size=64)
-    sim = SimNode(world, context=context, parameter_overrides=[
-        Parameter("fps", value=20.0), Parameter("camera_namespace", value=f"{TAG}/camera")])
-    driver = Xarm6DriverNode(backend=SimBackend(world), context=context, parameter_overrides=[
-        Parameter("trajectory_topic", value=f"/{TAG}/trajectory"),
-        Parameter("joint_states_topic", value=f"/{TAG}/joint_states"),
-        Parameter("watchdog_ms", value=5000.0)])
-    sim.on_reset = driver.loop.recover
+    nodes = bring_up({
+        "evo1_sim": dict(world=world, context=context, parameter_overrides=[
+            Parameter("fps", value=20.0), Parameter("camera_namespace", value=f"{TAG}/camera")]),
+        "xarm6_driver": dict(context=context, parameter_overrides=[
+            Parameter("trajectory_topic", value=f"/{TAG}/trajectory"),
+            Parameter("joint_states_topic", value=f"/{TAG}/joint_states"),
+            Parameter("watchdog_ms", value=5000.0)]),
+    })
+    assert list(nodes) == ["evo1_sim", "xarm6_driver"]  # no clock node: this world runs in real time
     probe = rclpy.create_node("probe", context=context)
     probe.got = {"base": [], "wrist": [], "info": [], "success": [], "joints": []}
     for name in ("base", "wrist"):
@@ -57,13 +57,10 @@ def rig():
     probe.create_subscription(Bool, "/evo1_sim/success", probe.got["success"].append, 10)
     probe.create_subscription(JointState, f"/{TAG}/joint_states", probe.got["joints"].append, 10)
     probe.trajectory = probe.create_publisher(JointTrajectory, f"/{TAG}/trajectory", 10)
-    executor = SingleThreadedExecutor(context=context)
-    for node in (sim, driver, probe):
-        executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    yield world, probe
-    executor.shutdown()
-    for node in (sim, driver, probe):
+    spin = SpinThread([*nodes.values(), probe], context)
+    yield world, probe, nodes["evo1_sim"]
+    spin.stop()
+    for node in (*reversed(nodes.values()), probe):
         node.destroy_node()
     rclpy.shutdown(context=context)
 
@@ -73,7 +70,7 @@ def joints(probe):
 
 
 def test_cameras_success_and_driver_on_one_world(rig):
-    world, probe = rig
+    world, probe, _ = rig
     assert wait_for(lambda: len(probe.got["base"]) >= 3 and len(probe.got["wrist"]) >= 3 and probe.got["info"])
     frame = probe.got["base"][-1]
     assert (frame.encoding, frame.width, frame.height) == ("rgb8", 64, 64)
@@ -94,3 +91,23 @@ def test_cameras_success_and_driver_on_one_world(rig):
     assert wait_for(future.done) and future.result().success
     time.sleep(0.5)  # the driver re-synced to HOME and does not drag the arm back
     assert np.abs(joints(probe) - HOME).max() < 0.02 and np.abs(world.joint_positions() - HOME).max() < 0.02
+
+
+def test_parameters_are_described_and_changes_applied_or_refused(rig):
+    world, probe, sim = rig
+    described = sim.describe_parameters(["seed", "image_size"])
+    assert all(d.description for d in described)
+    assert described[1].read_only and not described[0].read_only
+    # image_size cannot change under a running renderer: refused, with rclpy's reason
+    (result,) = sim.set_parameters([Parameter("image_size", value=128)])
+    assert not result.successful and "read-only" in result.reason
+    (result,) = sim.set_parameters([Parameter("fps", value=-5.0)])
+    assert not result.successful and "above 0" in result.reason and sim.fps == 20.0
+    assert "0 or more" in sim.set_parameters([Parameter("seed", value=-1)])[0].reason
+    # a new seed is the next reset's scene
+    assert sim.set_parameters([Parameter("seed", value=42)])[0].successful
+    client = probe.create_client(Trigger, "/evo1_sim/reset")
+    assert client.wait_for_service(timeout_sec=5.0)
+    for expected in ("(seed 42)", "(seed 43)"):
+        future = client.call_async(Trigger.Request())
+        assert wait_for(future.done) and expected in future.result().message

@@ -105,3 +105,35 @@ def test_terminal_reads_single_keys_and_skips_escape_sequences():
         os.write(controller, b"bs")
         assert [next(keys), next(keys)] == ["b", "s"]
     os.close(controller)
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+def test_keyboard_source_jogs_from_the_measured_pose_and_holds_its_target():
+    from evo1_ros.teleop.sources import ArmTarget, KeyboardSource
+
+    source = KeyboardSource(STEPS)
+    assert source.press(KEYMAP["1"]) == "no joint state yet: nothing to jog from"
+    measured = ArmTarget(HOME.copy(), 0.1)
+    assert source.next_target(measured) is measured
+    source.press(KEYMAP["1"])
+    source.press(KEYMAP["c"])
+    moved = ArmTarget(HOME + 0.5, 0.4)  # the arm lags: the target stays the jogged one, not the measured
+    target = source.next_target(moved)
+    np.testing.assert_allclose(target.joints, HOME + [STEPS.joint, 0, 0, 0, 0, 0])
+    assert target.gripper == GRIPPER_CLOSED
+    assert "jog steps" in source.press(KEYMAP["]"]) and source.steps.joint == 2 * STEPS.joint
+
+
+def test_teaching_source_follows_the_hand_and_the_gripper_keys():
+    from evo1_ros.teleop.sources import SOURCES, ArmTarget
+
+    source = SOURCES["teaching"]()
+    assert source.hand_guided
+    guided = ArmTarget(WORK.copy(), 0.3)
+    assert source.next_target(guided) is guided
+    assert "by hand" in source.press(KEYMAP["i"])
+    source.press(KEYMAP["v"])
+    target = source.next_target(guided)
+    np.testing.assert_array_equal(target.joints, WORK)
+    assert target.gripper == GRIPPER_OPEN

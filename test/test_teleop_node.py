@@ -1,6 +1,10 @@
-"""Teleop node over real rclpy/DDS: sim expert -> recorder -> dataset, keyboard jog and episode
-keys against the driver and recorder, teaching mode on an XArmAPI stand-in."""
+"""Operators over real rclpy/DDS: the sim expert -> recorder -> dataset; the teleop node's keyboard
+jog and episode keys against the driver and recorder; its teaching source asking the driver for
+teaching mode and streaming the guided pose."""
 
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -9,17 +13,17 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from evo1_ros.data import bag  # noqa: E402
 from evo1_ros.nodes.spin import SpinThread  # noqa: E402
 from evo1_ros.nodes.teleop import TeleopNode  # noqa: E402
-from evo1_ros.robot import xarm6  # noqa: E402
-from xarm_standin import StandInXArmAPI  # noqa: E402
+from evo1_ros.robot import topics, xarm6  # noqa: E402
 
 pytestmark = pytest.mark.ros
 INSTRUCTION = "put the can in the box"
-CAMERA = bag.camera_topic("base")
+CAMERA = topics.camera_topic("base")
 
 
 class Graph:
@@ -66,7 +70,7 @@ def override(context, **values):
 
 def sim_graph(tmp_path, world, episodes):
     """`record-sim`'s graph (sim time, /clock from the world) in a private context."""
-    from evo1_ros.teleop.record_sim import RecordingGraph
+    from evo1_ros.graphs.record_sim import RecordingGraph
 
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -97,7 +101,7 @@ def test_sim_expert_records_a_successful_episode_that_converts(tmp_path, small_w
     try:
         trajectories = []
         graph.listener.create_subscription(JointTrajectory, "/evo1/joint_trajectory", trajectories.append, 10)
-        assert graph.teleop.done.wait(180), "the expert did not finish its episode"
+        assert graph.expert.done.wait(180), "the expert did not finish its episode"
     finally:
         close(graph, context)
     (episode,) = sorted((tmp_path / "bags").iterdir())
@@ -134,7 +138,7 @@ def test_sim_expert_stops_a_failed_episode_as_failure(tmp_path, small_world, mon
     monkeypatch.setattr(expert, "plan_for", idle_plan)
     graph, context = sim_graph(tmp_path, small_world, episodes=2)
     try:
-        assert graph.teleop.done.wait(120), "the expert did not finish its episodes"
+        assert graph.expert.done.wait(120), "the expert did not finish its episodes"
     finally:
         close(graph, context)
     episodes = sorted((tmp_path / "bags").iterdir())
@@ -143,14 +147,28 @@ def test_sim_expert_stops_a_failed_episode_as_failure(tmp_path, small_world, mon
     assert "seed 1000" in notes[0] and "seed 1001" in notes[1]  # one reset per episode
 
 
-def test_sim_expert_needs_the_sims_world():
+def test_unknown_source_is_refused_naming_the_known_ones():
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
-        with pytest.raises(ValueError, match="sim's process"):
+        with pytest.raises(ValueError, match=r"\['keyboard', 'teaching'\], not 'sim_expert'"):
             TeleopNode(**override(context, source="sim_expert"))
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_sigterm_ends_the_teleop_process_cleanly():
+    """`ros2 run evo1_ros teleop_node` spins like every node (nodes/spin.py): SIGTERM ends it, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "evo1_ros.nodes.teleop", "--ros-args", "-p", "source:=keyboard"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "teleop source keyboard" not in proc.stderr.readline():
+            assert time.monotonic() < deadline and proc.poll() is None, "teleop did not start"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
 
 
 # --- keyboard --------------------------------------------------------------------------------------
@@ -169,16 +187,22 @@ def test_keyboard_jogs_the_driver_and_runs_recorder_episodes(tmp_path):
         teleop = graph.nodes[-1]
         states = graph.latest(JointState, "/joint_states")
         wait_for(lambda: teleop.target is not None, what="the target to start from the measured pose")
-        start = forward_tcp(teleop.target[0])
+        # jog steps change at run time, or are refused with the reason; the source is read-only
+        (refused,) = teleop.set_parameters([Parameter("linear_step", value=-0.01)])
+        assert not refused.successful and "above 0" in refused.reason
+        assert teleop.set_parameters([Parameter("linear_step", value=0.005)])[0].successful
+        assert teleop.source.steps.linear == 0.005
+        assert "read-only" in teleop.set_parameters([Parameter("source", value="teaching")])[0].reason
+        start = forward_tcp(teleop.source.target.joints)
         teleop.handle_key("b")
         for _ in range(10):
             teleop.handle_key("i")  # +x, 5 mm a press
         teleop.handle_key("c")
-        np.testing.assert_allclose(forward_tcp(teleop.target[0]) - start, [0.05, 0, 0], atol=1e-4)
+        np.testing.assert_allclose(forward_tcp(teleop.source.target.joints) - start, [0.05, 0, 0], atol=1e-4)
 
         def arrived():
             state = states[-1]
-            return (np.abs(np.array(state.position[:6]) - teleop.target[0]).max() < 1e-3
+            return (np.abs(np.array(state.position[:6]) - teleop.source.target.joints).max() < 1e-3
                     and state.position[6] > 0.8)
 
         wait_for(arrived, what="the fake arm to reach the jogged target")
@@ -197,35 +221,39 @@ def forward_tcp(q):
 
 # --- teaching --------------------------------------------------------------------------------------
 
-class TeachingStandIn(StandInXArmAPI):
-    """The SDK drives the gripper over Modbus in any mode (xarm/x3/gripper.py has no mode check);
-    the shared stand-in only accepts it in servo mode."""
+def test_teaching_asks_the_driver_and_streams_the_guided_pose():
+    """The driver owns the arm: the teaching source asks its ~/set_teaching (here a stand-in
+    service) for teaching mode and back, and streams the pose the driver measures."""
+    requests = []
 
-    def set_gripper_position(self, pos, wait=False):
-        self.calls.append("set_gripper_position")
-        self.gripper_position = pos
-        return 0
+    def on_set_teaching(request, response):
+        requests.append(request.data)
+        response.success, response.message = True, "teaching" if request.data else "servoing"
+        return response
 
+    def make(context, nodes):
+        driver = rclpy.create_node("xarm6_driver", context=context)
+        driver.create_service(SetBool, "~/set_teaching", on_set_teaching)
+        nodes.append(driver)
+        nodes.append(TeleopNode(**override(context, source="teaching")))
 
-def test_teaching_republishes_hand_guided_positions_as_commands():
-    TeachingStandIn.instances.clear()
-    graph = Graph(lambda context, nodes: nodes.append(TeleopNode(
-        api_class=TeachingStandIn, **override(context, source="teaching", robot_ip="192.168.1.2"))))
+    graph = Graph(make)
     try:
-        (arm,) = TeachingStandIn.instances
-        assert (arm.mode, arm.state, arm.enabled) == (2, 0, True)  # hand-guiding, ready
-        commands = graph.latest(JointTrajectory, "/evo1/joint_trajectory")
-        states = graph.latest(JointState, "/joint_states")
+        teleop = graph.nodes[-1]
+        wait_for(lambda: requests == [True], what="the request for teaching mode")
+        commands = graph.latest(JointTrajectory, topics.TRAJECTORY)
         guided = [0.3, -0.2, -0.9, 0.1, 1.0, -0.4]
-        arm.angles = guided + [0.0]  # the operator moves the arm
-        graph.nodes[0].handle_key("c")
-        assert arm.gripper_position == 0.0  # closed, in SDK units
-        graph.nodes[0].handle_key("i")  # jog keys do nothing: the arm is moved by hand
-        wait_for(lambda: commands and list(commands[-1].points[0].positions) == guided + [xarm6.GRIPPER_CLOSED],
-                 what="the guided pose and closed gripper as the commanded trajectory")
-        wait_for(lambda: states and list(states[-1].position[:6]) == guided, what="the guided pose as joint state")
-        assert arm.servo_targets == []  # nothing was ever sent to move the arm
+        measured = graph.listener.create_publisher(JointState, topics.JOINT_STATES, 10)
+
+        def streamed(expected):  # the driver keeps publishing the pose the operator moved the arm to
+            measured.publish(JointState(name=list(xarm6.JOINT_STATE_NAMES), position=guided + [0.2]))
+            return commands and list(commands[-1].points[0].positions) == expected
+
+        wait_for(lambda: streamed(guided + [0.2]), what="the guided pose as the commanded trajectory")
+        teleop.handle_key("c")  # the gripper keys work
+        teleop.handle_key("i")  # jog keys do nothing: the arm is moved by hand
+        wait_for(lambda: streamed(guided + [xarm6.GRIPPER_CLOSED]), what="the closed gripper in the command")
+        teleop.close_source()
+        assert requests == [True, False]  # and back to servoing on the way out
     finally:
         graph.close()
-    assert arm.mode == 0 and not arm.connected  # teaching left, connection released
-

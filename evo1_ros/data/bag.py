@@ -44,19 +44,12 @@ META_FILE = "episode.json"
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 
-# Topic layout the system publishes; the recorder stores the layout it used in episode.json.
-JOINT_STATES_TOPIC = "/joint_states"
-COMMAND_TOPIC = "/evo1/joint_trajectory"
-INSTRUCTION_TOPIC = "/evo1/instruction"
+# Message types of the topics an episode holds (the topic names: evo1_ros.robot.topics; the
+# recorder stores the layout it used in episode.json).
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 TRAJECTORY_TYPE = "trajectory_msgs/msg/JointTrajectory"
 STRING_TYPE = "std_msgs/msg/String"
-
-
-def camera_topic(name: str) -> str:
-    """realsense2_camera naming with namespace `camera`, as the camera and sim nodes publish."""
-    return f"/camera/{name}/color/image_raw"
 
 
 class BagMessage(NamedTuple):

@@ -31,29 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from evo1_ros.robot.xarm6 import GRIPPER_JOINT, JOINT_NAMES
+from evo1_ros.data.frames import encode_frame
+from evo1_ros.robot import topics
+from evo1_ros.robot.xarm6 import JOINT_STATE_NAMES
 
-NAMES = (*JOINT_NAMES, GRIPPER_JOINT)  # state and action dims, in this order
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 FORMAT_VERSION = 1
 
 
 class ConversionError(RuntimeError):
     pass
-
-
-def encode_frame(rgb: np.ndarray, codec: str) -> np.ndarray:
-    import cv2
-
-    ok, buf = cv2.imencode(f".{codec}", np.ascontiguousarray(rgb[..., ::-1]))  # cv2 wants BGR
-    assert ok, codec
-    return buf.ravel()
-
-
-def decode_frame(buf: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
 def image_rgb(msg, where: str) -> np.ndarray:
@@ -69,20 +56,18 @@ def image_rgb(msg, where: str) -> np.ndarray:
 
 
 def pick(names, values, where: str) -> np.ndarray:
-    """Values of NAMES out of a (names, values) pair of a JointState or trajectory point."""
+    """Values of JOINT_STATE_NAMES out of a (names, values) pair of a JointState or trajectory point."""
     index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in NAMES if n not in index]
+    missing = [n for n in JOINT_STATE_NAMES if n not in index]
     if missing or len(values) < len(names):
         raise ConversionError(f"{where}: message lacks positions for {missing or list(names)}")
-    return np.array([values[index[n]] for n in NAMES], np.float64)
+    return np.array([values[index[n]] for n in JOINT_STATE_NAMES], np.float64)
 
 
 def topic_layout(bag_path: Path, meta: dict, cameras: list[str] | None) -> dict:
     """{"cameras": {name: topic}, "joint_states": topic, "command": topic} of one bag."""
-    from evo1_ros.data import bag
-
     recorded = meta.get("topics", {})
-    available = recorded.get("cameras") or {name: bag.camera_topic(name) for name in cameras or []}
+    available = recorded.get("cameras") or {name: topics.camera_topic(name) for name in cameras or []}
     chosen = cameras or list(available)
     if not chosen:
         raise ConversionError(f"{bag_path}: no cameras recorded in episode.json; pass --cameras")
@@ -92,13 +77,13 @@ def topic_layout(bag_path: Path, meta: dict, cameras: list[str] | None) -> dict:
                               f"(have {list(available)})")
     return {
         "cameras": {name: available[name] for name in chosen},
-        "joint_states": recorded.get("joint_states", bag.JOINT_STATES_TOPIC),
-        "command": recorded.get("command", bag.COMMAND_TOPIC),
+        "joint_states": recorded.get("joint_states", topics.JOINT_STATES),
+        "command": recorded.get("command", topics.TRAJECTORY),
     }
 
 
 def read_streams(bag_path: Path, layout: dict, image_size: int, need_command: bool) -> dict:
-    """topic -> (stamps int64 ns, values): resized RGB frames, joint or command vectors."""
+    """Per topic (stamps int64 ns, values): resized RGB frames, joint or command vectors."""
     import cv2
 
     from evo1_ros.data import bag
@@ -245,8 +230,8 @@ def convert(bags: list[Path], out: Path, rate: float = 15.0, max_age: float = 0.
         raise ConversionError("no episodes to convert")
     meta = {
         "format": "evo1", "version": FORMAT_VERSION, "fps": rate, "cameras": camera_names,
-        "image_size": [image_size, image_size], "codec": codec, "state_names": list(NAMES),
-        "action_names": list(NAMES), "action_source": action_source, "max_age_s": max_age,
+        "image_size": [image_size, image_size], "codec": codec, "state_names": list(JOINT_STATE_NAMES),
+        "action_names": list(JOINT_STATE_NAMES), "action_source": action_source, "max_age_s": max_age,
         "episodes": episodes,
     }
     stats = {"state": norm_stats(states), "action": norm_stats(actions),

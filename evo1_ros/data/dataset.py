@@ -13,7 +13,7 @@ One item per kept grid step k of every episode:
         "frame_index": int,                                 # k
     }
 
-Values are in robot units; normalisation (SPEC §1 "bounds") is the trainer's job, with the stats in
+Values are in robot units; normalisation (Evo-1's "bounds" to [-1, 1]) is the trainer's job, with the stats in
 `norm_stats` (norm_stats.json). `torch.utils.data.default_collate` batches items as they are.
 
 `max_image_lag` N > 0 pairs each state with camera frames drawn 0..N grid steps older (uniform, one
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evo1_ros.data.convert import decode_frame
+from evo1_ros.data.frames import decode_frame
 
 
 class Evo1Dataset(torch.utils.data.Dataset):

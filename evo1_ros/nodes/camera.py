@@ -10,29 +10,31 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
 
-from evo1_ros.nodes.messages import array_to_image, to_time
+from evo1_ros.nodes.camera_stream import CameraStream, Intrinsics
+from evo1_ros.nodes.messages import to_time
+from evo1_ros.nodes.params import Param, declare, not_positive
 from evo1_ros.nodes.spin import run_nodes
+from evo1_ros.robot.topics import CAMERA_NAMESPACE
 
-
-@dataclass(frozen=True)
-class Intrinsics:
-    width: int
-    height: int
-    fx: float
-    fy: float
-    ppx: float
-    ppy: float
-    distortion_model: str  # ROS name: plumb_bob or equidistant
-    coeffs: tuple[float, ...]
+PARAMETERS = {
+    # No default serials (there is no sensible one), so the type is declared instead.
+    "serials": Param(Parameter.Type.STRING_ARRAY, "RealSense serial numbers, one per name; a leading _ "
+                                                  "(realsense2_camera's serial_no:=_<sn>) is dropped"),
+    "names": Param(["base", "wrist"], "camera names in view-slot order, one per serial: "
+                                      "/<camera_namespace>/<name>/color/image_raw"),
+    "camera_namespace": Param(CAMERA_NAMESPACE, "topic namespace of the cameras (empty: none)"),
+    "width": Param(640, "color stream width, px"),
+    "height": Param(480, "color stream height, px"),
+    "fps": Param(30, "color stream frame rate, Hz"),
+    "timeout_ms": Param(1000, "a frame not here after this long is reported, then waited for again",
+                        apply="_set_timeout"),
+}
 
 
 class RealSenseColor:
@@ -66,35 +68,19 @@ class RealSenseColor:
         self._pipeline.stop()
 
 
-def camera_info(intrinsics: Intrinsics) -> CameraInfo:
-    i = intrinsics
-    return CameraInfo(width=i.width, height=i.height, distortion_model=i.distortion_model, d=list(i.coeffs),
-                      k=[i.fx, 0.0, i.ppx, 0.0, i.fy, i.ppy, 0.0, 0.0, 1.0],
-                      r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                      p=[i.fx, 0.0, i.ppx, 0.0, 0.0, i.fy, i.ppy, 0.0, 0.0, 0.0, 1.0, 0.0])
-
-
 class CameraNode(Node):
     def __init__(self, open_camera: Callable[[str, int, int, int], RealSenseColor] = RealSenseColor, **node_kwargs):
         super().__init__("evo1_camera", **node_kwargs)
-        # No default serials (there is no sensible one), so the type is declared instead of inferred.
-        serials = self.declare_parameter("serials", Parameter.Type.STRING_ARRAY).value or []
-        names = self.declare_parameter("names", ["base", "wrist"]).value
-        namespace = self.declare_parameter("camera_namespace", "camera").value
-        width = self.declare_parameter("width", 640).value
-        height = self.declare_parameter("height", 480).value
-        fps = self.declare_parameter("fps", 30).value
-        self.timeout_ms = self.declare_parameter("timeout_ms", 1000).value
+        p = declare(self, PARAMETERS)
+        self.timeout_ms = p["timeout_ms"]
         # realsense2_camera users write serial_no:=_<sn> so YAML keeps it a string; accept that form.
-        serials = [s[1:] if s.startswith("_") else s for s in serials]
+        serials = [s[1:] if s.startswith("_") else s for s in p["serials"] or []]
+        names, width, height, fps = p["names"], p["width"], p["height"], p["fps"]
         if not serials:
             raise ValueError("parameter 'serials' is empty: list the RealSense serial numbers (e.g. ['_123456789012'])")
         if len(serials) != len(names):
             raise ValueError(f"need one name per serial; got serials {serials} and names {names}")
 
-        # Reliable keep-last: rviz and rosbag subscribe reliably, and sensor-data (best-effort)
-        # subscribers such as the inference node accept a reliable publisher too.
-        qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         opened = []
         try:
             for serial in serials:
@@ -105,20 +91,22 @@ class CameraNode(Node):
             raise
         self._cameras = []
         for camera, serial, name in zip(opened, serials, names):
-            topic = f"/{namespace}/{name}/color" if namespace else f"/{name}/color"
-            info = camera_info(camera.intrinsics)
-            info.header.frame_id = f"{name}_color_optical_frame"
-            image_pub = self.create_publisher(Image, f"{topic}/image_raw", qos)
-            info_pub = self.create_publisher(CameraInfo, f"{topic}/camera_info", qos)
-            self._cameras.append((camera, name, info, image_pub, info_pub))
-            self.get_logger().info(f"camera {serial} -> {topic}/image_raw ({width}x{height} @ {fps} Hz)")
+            stream = CameraStream(self, name, p["camera_namespace"], camera.intrinsics)
+            self._cameras.append((camera, stream))
+            self.get_logger().info(f"camera {serial} -> {stream.topic} ({width}x{height} @ {fps} Hz)")
         self._stop = threading.Event()
         # One thread per camera: wait_for_frames blocks, and each stream keeps its own pace.
         self._threads = [threading.Thread(target=self._stream, args=entry, daemon=True) for entry in self._cameras]
         for thread in self._threads:
             thread.start()
 
-    def _stream(self, camera, name, info, image_pub, info_pub) -> None:
+    def _set_timeout(self, value: int) -> str | None:
+        if reason := not_positive(value):
+            return reason
+        self.timeout_ms = value
+        return None
+
+    def _stream(self, camera: RealSenseColor, stream: CameraStream) -> None:
         last_complaint = 0.0
         while not self._stop.is_set():
             try:
@@ -126,19 +114,15 @@ class CameraNode(Node):
             except RuntimeError as e:  # frame timeout or a USB hiccup: report and keep trying
                 if time.monotonic() - last_complaint > 2.0:
                     last_complaint = time.monotonic()
-                    self.get_logger().warn(f"camera {name}: {e}")
+                    self.get_logger().warn(f"camera {stream.name}: {e}")
                 continue
-            stamp = to_time(self.get_clock().now().nanoseconds * 1e-9)
-            image = array_to_image(frame, "bgr8", stamp, info.header.frame_id)
-            info.header.stamp = stamp
-            image_pub.publish(image)
-            info_pub.publish(info)
+            stream.publish(frame, "bgr8", to_time(self.get_clock().now().nanoseconds * 1e-9))
 
     def destroy_node(self):
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=2.0)
-        for camera, *_ in self._cameras:
+        for camera, _ in self._cameras:
             camera.close()
         return super().destroy_node()
 

@@ -27,14 +27,14 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from evo1_ros.nodes.messages import stamp_seconds
-from evo1_ros.robot import xarm6
+from evo1_ros.robot import topics, xarm6
 from evo1_ros.robot.backend import DriverBackend, RobotState
 from evo1_ros.robot.backends import make_backend
 from evo1_ros.runtime.safety import SafetyLimits, TrajectoryRejected
 from evo1_ros.runtime.servo import ServoLoop
 from evo1_ros.nodes.spin import run_nodes
 
-JOINT_STATE_NAMES = list(xarm6.JOINT_NAMES) + [xarm6.GRIPPER_JOINT]
+JOINT_STATE_NAMES = list(xarm6.JOINT_STATE_NAMES)
 DIAGNOSTICS_PERIOD_S = 0.5
 
 PARAMETERS = {  # name: (default, description)
@@ -48,8 +48,8 @@ PARAMETERS = {  # name: (default, description)
     "max_velocity": (xarm6.MOVEIT_MAX_VELOCITY, "rad/s, every joint"),
     "max_acceleration": (xarm6.MOVEIT_MAX_ACCELERATION, "rad/s^2, every joint"),
     "gripper_max_velocity": (1.7, "drive_joint units/s"),
-    "trajectory_topic": ("/evo1/joint_trajectory", "trajectory_msgs/JointTrajectory to follow"),
-    "joint_states_topic": ("/joint_states", "sensor_msgs/JointState published every servo tick"),
+    "trajectory_topic": (topics.TRAJECTORY, "trajectory_msgs/JointTrajectory to follow"),
+    "joint_states_topic": (topics.JOINT_STATES, "sensor_msgs/JointState published every servo tick"),
 }
 
 

@@ -38,7 +38,8 @@ from visualization_msgs.msg import Marker
 
 from evo1_ros.nodes.messages import (MessageError, check_color_image, image_to_rgb, joint_positions, stamp_seconds,
                                     to_duration, to_time)
-from evo1_ros.robot.xarm6 import GRIPPER_JOINT, JOINT_NAMES, NUM_JOINTS, tcp_positions
+from evo1_ros.robot import topics
+from evo1_ros.robot.xarm6 import JOINT_NAMES, JOINT_STATE_NAMES, NUM_JOINTS, tcp_positions
 from evo1_ros.runtime.chunking import MODES, ChunkScheduler
 from evo1_ros.runtime.policy import ChunkPolicy
 from evo1_ros.nodes.spin import run_nodes
@@ -48,9 +49,9 @@ DEFAULT_CHUNK_MODE, DEFAULT_REQUEST_THRESHOLD = "crossfade", 0.5
 PARAMETERS = {
     "checkpoint": ("", "Evo-1 checkpoint directory"),
     "instruction": ("", "language instruction; change at run time on ~/instruction"),
-    "camera_topics": (["/camera/base/color/image_raw", "/camera/wrist/color/image_raw"],
+    "camera_topics": ([topics.camera_topic("base"), topics.camera_topic("wrist")],
                       "image topics, in the policy's view-slot order"),
-    "joint_state_topic": ("/joint_states", "sensor_msgs/JointState with joint1..joint6 + drive_joint"),
+    "joint_state_topic": (topics.JOINT_STATES, "sensor_msgs/JointState with joint1..joint6 + drive_joint"),
     "control_rate_hz": (0.0, "publish rate of trajectory windows, one chunk action per tick; 0 = the rate "
                              f"the checkpoint was trained at ({DEFAULT_RATE_HZ:.0f} Hz if it does not say)"),
     "chunk_mode": ("", f"how overlapping chunks combine: {', '.join(MODES)}; empty = the checkpoint's own "
@@ -72,7 +73,7 @@ PARAMETERS = {
                                    "and time the chunk from that moment, as in the recorded demos; false: the "
                                    "newest of each, timed from the request. Needs camera and joint stamps on "
                                    "one clock (unstamped messages count at their arrival)"),
-    "trajectory_topic": ("/evo1/joint_trajectory", "trajectory_msgs/JointTrajectory to the driver"),
+    "trajectory_topic": (topics.TRAJECTORY, "trajectory_msgs/JointTrajectory to the driver"),
     "use_follow_joint_trajectory": (False, "send FollowJointTrajectory goals instead of the topic"),
     "follow_joint_trajectory_action": ("/xarm6_traj_controller/follow_joint_trajectory",
                                        "xarm_ros2 ros2_control action (joint1..joint6 only)"),
@@ -93,7 +94,7 @@ class InferenceNode(Node):
             raise ValueError(f"{len(self.camera_topics)} camera_topics for a policy with {self.policy.num_views} views")
         if not 1 <= self.policy.action_dim <= NUM_JOINTS + 1:
             raise ValueError(f"policy action_dim {self.policy.action_dim}: the xArm6 has 6 joints + gripper")
-        self.joint_names = (JOINT_NAMES + (GRIPPER_JOINT,))[: self.policy.action_dim]
+        self.joint_names = JOINT_STATE_NAMES[: self.policy.action_dim]
         self.instruction = p["instruction"]
         self.max_age = p["max_observation_age_ms"] / 1000.0
         rate = p["control_rate_hz"] or self.policy.action_rate_hz or DEFAULT_RATE_HZ

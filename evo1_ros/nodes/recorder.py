@@ -4,10 +4,9 @@ Subscribes to the cameras, joint states, commanded trajectories and instruction 
 serialized messages and, while an episode is active, writes them as they arrive (log time =
 this node's clock, so sim time under `use_sim_time`).
 
-Services (std_srvs/Trigger): ~/start, ~/stop_success, ~/stop_fail, ~/discard.
-Parameters: output_dir, cameras (names; topic /camera/<name>/color/image_raw), joint_states_topic,
-command_topic, instruction_topic, storage (mcap | sqlite3), flush_period (s), robot; read at
-~/start: instruction, operator_note.
+Services (std_srvs/Trigger): ~/start, ~/stop_success, ~/stop_fail, ~/discard. Parameters: see
+PARAMETERS (`ros2 param describe recorder <name>`); an operator sets `instruction` and
+`operator_note` before each ~/start, and the episode keeps them.
 """
 
 from __future__ import annotations
@@ -23,32 +22,46 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from evo1_ros.data import bag
+from evo1_ros.nodes.params import Param, declare, not_positive
 from evo1_ros.nodes.spin import run_nodes
+from evo1_ros.robot import topics
 
 # Best effort accepts both reliable and best-effort publishers (a reliable subscriber would get
 # nothing from a best-effort one); the depth absorbs bursts while the bag is being flushed.
 STATE_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.BEST_EFFORT)
 
+PARAMETERS = {
+    "output_dir": Param("episodes", "directory the episode bags are written to (from the next ~/start)",
+                        read_when_used=True),
+    "cameras": Param(["base", "wrist"], "camera names: /<camera_namespace>/<name>/color/image_raw"),
+    "camera_namespace": Param(topics.CAMERA_NAMESPACE, "topic namespace of the cameras (empty: none)"),
+    "joint_states_topic": Param(topics.JOINT_STATES, "sensor_msgs/JointState to record"),
+    "command_topic": Param(topics.TRAJECTORY, "trajectory_msgs/JointTrajectory (the commands) to record"),
+    "instruction_topic": Param(topics.INSTRUCTION, "std_msgs/String to record"),
+    "storage": Param("mcap", f"bag storage of the next episode: {' | '.join(bag.STORAGES)}", apply="_set_storage"),
+    "flush_period": Param(0.5, "s between flushes to disk: a killed recorder loses at most twice this"),
+    "robot": Param("xarm6", "robot name stored with each episode", read_when_used=True),
+    "instruction": Param("", "instruction of the next episode (read at ~/start)", read_when_used=True),
+    "operator_note": Param("", "note stored with the next episode (read at ~/start and stop)", read_when_used=True),
+}
+
 
 class RecorderNode(Node):
     def __init__(self, **kwargs):
         super().__init__("recorder", **kwargs)
-        p = self.declare_parameter
-        self.output_dir = Path(p("output_dir", "episodes").value).expanduser()
-        self.cameras = list(p("cameras", ["base", "wrist"]).value)
+        p = declare(self, PARAMETERS)
+        if p["storage"] not in bag.STORAGES:
+            raise ValueError(f"storage must be one of {list(bag.STORAGES)}, not {p['storage']!r}")
+        if reason := not_positive(p["flush_period"]):
+            raise ValueError(f"flush_period {reason}")
+        self.cameras = list(p["cameras"])
         self.layout = {
-            "cameras": {name: bag.camera_topic(name) for name in self.cameras},
-            "joint_states": p("joint_states_topic", bag.JOINT_STATES_TOPIC).value,
-            "command": p("command_topic", bag.COMMAND_TOPIC).value,
-            "instruction": p("instruction_topic", bag.INSTRUCTION_TOPIC).value,
+            "cameras": {name: topics.camera_topic(name, p["camera_namespace"]) for name in self.cameras},
+            "joint_states": p["joint_states_topic"],
+            "command": p["command_topic"],
+            "instruction": p["instruction_topic"],
         }
-        self.storage = p("storage", "mcap").value
-        self.flush_period = p("flush_period", 0.5).value
-        self.robot = p("robot", "xarm6").value
-        p("instruction", "")
-        p("operator_note", "")
-        if self.storage not in bag.STORAGES:
-            raise ValueError(f"storage must be one of {list(bag.STORAGES)}, not {self.storage!r}")
+        self.storage, self.flush_period = p["storage"], p["flush_period"]
 
         subscriptions = [(topic, Image, bag.IMAGE_TYPE, qos_profile_sensor_data)
                          for topic in self.layout["cameras"].values()]
@@ -68,6 +81,12 @@ class RecorderNode(Node):
                               ("stop_fail", self._stop_fail), ("discard", self._discard)]:
             self.create_service(Trigger, f"~/{name}", handler)
 
+    def _set_storage(self, value: str) -> str | None:
+        if value not in bag.STORAGES:
+            return f"one of {list(bag.STORAGES)}, not {value!r}"
+        self.storage = value
+        return None
+
     def _on_message(self, topic: str, raw: bytes) -> None:
         if self.writer is not None:
             self.writer.write(topic, self.get_clock().now().nanoseconds, raw)
@@ -79,13 +98,13 @@ class RecorderNode(Node):
     def start(self) -> Path:
         if self.writer is not None:
             raise RuntimeError(f"episode {self.writer.path.name} is still recording")
-        path = self.output_dir / time.strftime("episode_%Y%m%d_%H%M%S")
+        path = Path(self.get_parameter("output_dir").value).expanduser() / time.strftime("episode_%Y%m%d_%H%M%S")
         while path.exists():
             path = path.with_name(path.name + "_")  # several episodes within one second
         meta = {
             "instruction": self.get_parameter("instruction").value,
             "operator_note": self.get_parameter("operator_note").value,
-            "robot": self.robot,
+            "robot": self.get_parameter("robot").value,
             "cameras": self.cameras,
             "topics": self.layout,
         }

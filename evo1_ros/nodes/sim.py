@@ -3,9 +3,13 @@
 `SimNode` renders the shared `SimWorld`'s cameras onto the topics the camera node uses
 (`/<camera_namespace>/<name>/color/image_raw` + `camera_info`, rgb8), publishes `~/success`
 (std_msgs/Bool, can in box) with every frame and resets episodes on `~/reset` (std_srvs/Trigger).
-`main` runs it beside an unmodified `xarm6_driver` whose backend is a `SimBackend` on the same
-world: the world lives in this process, so `use_sim` starts `sim_node` in place of both the driver
-and the camera node, and the inference node sees exactly the topics of the real setup.
+
+`bring_up` is the one sim bringup every graph uses (`sim_node`'s main, `evo1-ros launch`, the
+demo/eval graph, the recording graph): the sim node, an unmodified `xarm6_driver` whose backend
+is a `SimBackend` on the same world, episode resets wired to the driver, and on a lockstep world
+the node publishing its clock. The world lives in this process, so `use_sim` starts `sim_node`
+in place of both the driver and the camera node, and the inference node sees exactly the topics
+of the real setup.
 """
 
 from __future__ import annotations
@@ -15,17 +19,29 @@ import threading
 import time
 from typing import Callable
 
+from builtin_interfaces.msg import Time
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
-from evo1_ros.nodes.camera import Intrinsics, camera_info
-from evo1_ros.nodes.messages import array_to_image, to_time
+from evo1_ros.nodes.camera_stream import CAMERA_QOS, CameraStream, Intrinsics
+from evo1_ros.nodes.messages import to_time
+from evo1_ros.nodes.params import Param, declare, not_positive
+from evo1_ros.nodes.spin import run_nodes
+from evo1_ros.robot.topics import CAMERA_NAMESPACE, camera_topic
 from evo1_ros.sim.mjcf import CAMERAS
 from evo1_ros.sim.world import SimWorld, shared_world
-from evo1_ros.nodes.spin import run_nodes
+
+PARAMETERS = {
+    "image_size": Param(448, "camera image width and height, px (the shared world's, when it exists already)"),
+    "fps": Param(15.0, "camera frame rate, Hz (wall clock; a lockstep world paces frames in sim time)",
+                 apply="_set_fps"),
+    "camera_namespace": Param(CAMERA_NAMESPACE, "topic namespace of the cameras (empty: none)"),
+    "seed": Param(0, "scene of the next ~/reset; each reset after it takes the next seed", apply="_set_seed"),
+    "speed": Param(1.0, "physics pace, sim seconds per wall second (1 = real time; on a lockstep world: "
+                        "between frames)"),
+}
 
 
 class SimNode(Node):
@@ -33,32 +49,35 @@ class SimNode(Node):
         """world: the one to show (default: the process-wide `shared_world`, made at `image_size`);
         on_reset: called after every episode reset, e.g. to re-sync the driver to the new pose."""
         super().__init__("evo1_sim", **node_kwargs)
-        image_size = self.declare_parameter("image_size", 448).value
-        self.fps = self.declare_parameter("fps", 15.0).value
-        namespace = self.declare_parameter("camera_namespace", "camera").value
-        self.seed = self.declare_parameter("seed", 0).value
-        self.world = world or shared_world(image_size)
+        p = declare(self, PARAMETERS)
+        if reason := not_positive(p["fps"]) or not_positive(p["speed"]) or not_positive(p["image_size"]):
+            raise ValueError(f"sim_node: fps, speed and image_size {reason}")
+        self.fps, self.speed, self._next_seed = p["fps"], p["speed"], p["seed"]
+        self.world = world or shared_world(p["image_size"])
         self.on_reset = on_reset
-        self.resets = 0
 
-        # Same QoS as the camera node: reliable keep-last serves rviz/rosbag and best-effort readers.
-        qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self._cameras = []
-        for name in CAMERAS:
-            topic = f"/{namespace}/{name}/color" if namespace else f"/{name}/color"
-            info = camera_info(self._intrinsics(name))
-            info.header.frame_id = f"{name}_color_optical_frame"
-            self._cameras.append((name, info, self.create_publisher(Image, f"{topic}/image_raw", qos),
-                                  self.create_publisher(CameraInfo, f"{topic}/camera_info", qos)))
-        self._success_pub = self.create_publisher(Bool, "~/success", qos)
+        self._cameras = [CameraStream(self, name, p["camera_namespace"], self._intrinsics(name)) for name in CAMERAS]
+        self._success_pub = self.create_publisher(Bool, "~/success", CAMERA_QOS)  # goes with each frame set
         self.create_service(Trigger, "~/reset", self._on_reset)
         # Rendering gets a thread of its own: it owns the GL context, and a slow CPU render must not
         # hold up the executor's callbacks.
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._stream, name="sim-cameras", daemon=True)
         self._thread.start()
-        self.get_logger().info(f"sim cameras {CAMERAS} -> /{namespace}/<name>/color/image_raw "
+        self.get_logger().info(f"sim cameras {CAMERAS} -> {camera_topic('<name>', p['camera_namespace'])} "
                                f"({self.world.image_size} px @ {self.fps:g} Hz)")
+
+    def _set_fps(self, value: float) -> str | None:
+        if reason := not_positive(value):
+            return reason
+        self.fps = value  # the camera thread's next period
+        return None
+
+    def _set_seed(self, value: int) -> str | None:
+        if value < 0:
+            return f"must be 0 or more, not {value}"
+        self._next_seed = value
+        return None
 
     def _intrinsics(self, camera: str) -> Intrinsics:
         """Pinhole intrinsics of a square MuJoCo camera (fovy is the vertical field of view)."""
@@ -67,7 +86,7 @@ class SimNode(Node):
         return Intrinsics(size, size, f, f, size / 2, size / 2, "plumb_bob", (0.0,) * 5)
 
     def _stream(self) -> None:
-        period, deadline = 1.0 / self.fps, time.monotonic()
+        deadline = time.monotonic()
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
             try:
                 self._publish_frames()
@@ -75,7 +94,7 @@ class SimNode(Node):
                 if self.context.ok():
                     raise
                 return  # rclpy was shut down under us (Ctrl-C): nobody left to publish to
-            deadline = max(deadline + period, time.monotonic())  # late: skip, do not burst
+            deadline = max(deadline + 1.0 / self.fps, time.monotonic())  # late: skip, do not burst
 
     def _publish_frames(self) -> None:
         with self.world.frame(self._stop.is_set):  # a lockstep world holds physics until the set is out
@@ -83,16 +102,12 @@ class SimNode(Node):
                 return
             # one stamp per frame set, taken when the scene is captured (render takes tens of ms)
             stamp = to_time(self.get_clock().now().nanoseconds * 1e-9)
-            for name, info, image_pub, info_pub in self._cameras:
-                image = array_to_image(self.world.render(name), "rgb8", stamp, info.header.frame_id)
-                info.header.stamp = stamp
-                image_pub.publish(image)
-                info_pub.publish(info)
+            for camera in self._cameras:
+                camera.publish(self.world.render(camera.name), "rgb8", stamp)
             self._success_pub.publish(Bool(data=self.world.success()))
 
     def _on_reset(self, request, response):
-        seed = self.seed + self.resets
-        self.resets += 1
+        seed, self._next_seed = self._next_seed, self._next_seed + 1
         self.world.reset(seed)
         if self.on_reset is not None:
             self.on_reset()
@@ -110,9 +125,6 @@ def sim_clock_node(world, sim: SimNode, context=None) -> Node:
     use_sim_time; the world's frames then wait until `sim` (the node filming it) sees their time.
     It is itself on the wall clock: its timer must fire while sim time stands still."""
     world.clock_ns = lambda: sim.get_clock().now().nanoseconds
-    from builtin_interfaces.msg import Time
-    from rosgraph_msgs.msg import Clock
-
     node = Node("sim_clock", context=context)
     publisher = node.create_publisher(Clock, "/clock", 10)
 
@@ -124,23 +136,37 @@ def sim_clock_node(world, sim: SimNode, context=None) -> Node:
     return node
 
 
-def follow_resets(sim: SimNode, driver) -> None:
-    """After an episode reset the arm is at HOME: the driver must start over from there, not from
-    its last command (that would drag the arm back to where the previous episode ended)."""
-    sim.on_reset = driver.loop.recover
+def bring_up(node_kwargs: dict[str, dict] | None = None) -> dict[str, Node]:
+    """sim_node's nodes by name, in start order: `evo1_sim` (a SimNode), `xarm6_driver` (the driver
+    on a SimBackend of the same world at the sim's `speed`) and, when the world is a
+    `LockstepWorld`, `sim_clock`. `node_kwargs[name]` go to that node's constructor (context,
+    cli_args, parameter_overrides; the sim's `world`). After an episode reset the arm is at HOME,
+    so the driver starts over from there instead of dragging the arm back to where the previous
+    episode ended."""
+    from evo1_ros.nodes.driver import Xarm6DriverNode
+    from evo1_ros.sim.backend import SimBackend
+    from evo1_ros.sim.lockstep import LockstepWorld
+
+    node_kwargs = node_kwargs or {}
+    sim_kwargs = node_kwargs.get("evo1_sim", {})
+    sim = SimNode(**sim_kwargs)
+    nodes = {"evo1_sim": sim}
+    try:
+        driver = Xarm6DriverNode(backend=SimBackend(sim.world, speed=sim.speed), **node_kwargs.get("xarm6_driver", {}))
+        nodes["xarm6_driver"] = driver
+        sim.on_reset = driver.loop.recover
+        if isinstance(sim.world, LockstepWorld):
+            nodes["sim_clock"] = sim_clock_node(sim.world, sim, sim_kwargs.get("context"))
+    except BaseException:
+        for node in reversed(nodes.values()):
+            node.destroy_node()
+        raise
+    return nodes
 
 
 def main(args=None):
-    from evo1_ros.nodes.driver import Xarm6DriverNode
-    from evo1_ros.sim.backend import SimBackend
+    raise SystemExit(run_nodes(lambda: list(bring_up().values()), "evo1_sim", args))
 
-    def build():
-        sim = SimNode()
-        driver = Xarm6DriverNode(backend=SimBackend(sim.world))
-        follow_resets(sim, driver)
-        return [sim, driver]
-
-    raise SystemExit(run_nodes(build, "evo1_sim", args))
 
 if __name__ == "__main__":
     main()

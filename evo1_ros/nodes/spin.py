@@ -27,25 +27,35 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 
-def run_nodes(build: Callable[[], list[Node]], name: str, args=None) -> int:
-    """Build the nodes, spin them until interrupted; exit status.
+def run_nodes(build: Callable[[], list[Node]], name: str, args=None,
+              foreground: Callable[[list[Node]], None] | None = None) -> int:
+    """Build the nodes, spin them until interrupted; exit status. With `foreground` (e.g. reading
+    the terminal's keys) the nodes spin on a thread while `foreground(nodes)` runs on this one, and
+    its return ends the run as an interrupt does.
     A ValueError/RuntimeError while building is a configuration problem: one fatal line, status 1."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Node] = []
+    spinner = None
     try:
         try:
             nodes = build()
         except (ValueError, RuntimeError) as e:
             rclpy.logging.get_logger(name).fatal(str(e))
             return 1
-        executor = SingleThreadedExecutor()
-        for node in nodes:
-            executor.add_node(node)
-        executor.spin()
+        if foreground is None:
+            executor = SingleThreadedExecutor()
+            for node in nodes:
+                executor.add_node(node)
+            executor.spin()
+        else:
+            spinner = SpinThread(nodes, name=name)
+            foreground(nodes)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if spinner is not None:  # no callback may run on a destroyed node
+            spinner.stop()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for node in reversed(nodes):
             node.destroy_node()

@@ -1,5 +1,5 @@
-"""Driver backends: `fake` (kinematic), `xarm_sdk` (xarm-python-sdk) and `sim` (MuJoCo, in
-`evo1_ros.sim.backend`), all made by `make_backend(name, **params)`.
+"""Driver backends: `fake` (kinematic) and `xarm_sdk` (xarm-python-sdk), and those that layers
+above register (the ROS layer registers the MuJoCo `sim`), all made by `make_backend(name, **params)`.
 
 Backends never see unfiltered targets: only the driver's servo loop calls `command`, with the
 output of the safety filter.
@@ -18,12 +18,17 @@ from evo1_ros.robot import xarm6
 from evo1_ros.robot.backend import BackendError, DriverBackend, RobotState
 
 # name -> "module:Class"; imported only when asked for, so `fake` needs neither the SDK nor MuJoCo.
-# The sim issue provides evo1_ros.sim.backend.SimBackend (a DriverBackend).
+# The robot layer lists its own; a backend from a layer above is added with `register_backend` by
+# the code that composes the layers (evo1_ros.nodes registers the sim's).
 BACKENDS = {
     "fake": "evo1_ros.robot.backends:FakeBackend",
     "xarm_sdk": "evo1_ros.robot.backends:XArmSdkBackend",
-    "sim": "evo1_ros.sim.backend:SimBackend",
 }
+
+
+def register_backend(name: str, target: str) -> None:
+    """Let `make_backend(name)` build `target`, a DriverBackend given as "module:Class"."""
+    BACKENDS[name] = target
 
 
 def make_backend(name: str, **params) -> DriverBackend:

@@ -15,6 +15,8 @@ import numpy as np
 JOINT_NAMES = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
 GRIPPER_JOINT = "drive_joint"
 NUM_JOINTS = len(JOINT_NAMES)
+# What a JointState of this arm carries, in order; also the policy's state and action dims.
+JOINT_STATE_NAMES = (*JOINT_NAMES, GRIPPER_JOINT)
 
 # (xyz, rpy) of each joint origin in its parent link's frame.
 JOINT_ORIGINS = (

@@ -64,7 +64,9 @@ class Guidance:
 
     @classmethod
     def build(cls, prefix: np.ndarray, delay: int, config: RTCConfig, horizon: int, action_dim: int) -> Guidance:
-        """prefix (n, a): the previous plan's normalised actions at the new chunk's steps 0..n-1
+        """Guidance toward the previous plan.
+
+        prefix (n, a): the previous plan's normalised actions at the new chunk's steps 0..n-1
         (n <= horizon, a <= action_dim valid dims); delay: d, the steps committed before the chunk lands."""
         prefix = np.asarray(prefix, dtype=np.float32)
         if prefix.ndim != 2 or prefix.shape[0] > horizon or prefix.shape[1] > action_dim:

@@ -77,7 +77,7 @@ def _quat(rot: np.ndarray) -> np.ndarray:
 
 
 def _min_jerk(n: int) -> np.ndarray:
-    """n path parameters in (0, 1] with zero velocity and acceleration at both ends."""
+    """The n path parameters in (0, 1] with zero velocity and acceleration at both ends."""
     s = np.arange(1, n + 1) / n
     return s**3 * (10 - 15 * s + 6 * s**2)
 

@@ -1,1 +1,2 @@
-"""Teleop helpers: key mapping and jog math (ROS-free), and recording sim demos (`record_sim`)."""
+"""Teleop without ROS: operator input sources (`sources`), the key map and terminal reader (`keys`),
+jog maths (`jog`). The teleop node (evo1_ros.nodes.teleop) runs them."""

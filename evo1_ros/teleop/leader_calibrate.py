@@ -1,11 +1,11 @@
-"""`evo1-ros leader-calibrate`: record a Dynamixel leader arm's joint offsets and gripper range.
+r"""`evo1-ros leader-calibrate`: record a Dynamixel leader arm's joint offsets and gripper range.
 
 Put the leader in a known pose of the follower's joints (`--pose`, radians; all zeros by default,
 the xArm6 standing straight up) with its gripper open and press Enter; then squeeze the gripper
 shut and press Enter. The offsets that make that pose read as `--pose`, and the gripper's raw
 open/closed positions, go to `--out` (YAML, `LeaderConfig`), read back once as a check.
 
-    evo1-ros leader-calibrate --port /dev/serial/by-id/usb-FTDI_...-if00-port0 \\
+    evo1-ros leader-calibrate --port /dev/serial/by-id/usb-FTDI_...-if00-port0 \
         --signs 1,-1,1,1,1,1 --out config/leader.yaml
     evo1-ros leader-calibrate --config config/leader.yaml   # recalibrate with that file's bus and signs
 

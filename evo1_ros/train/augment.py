@@ -1,4 +1,4 @@
-"""Training-time image augmentation of SPEC §1, in plain torch so it runs batched on the training
+"""Training-time image augmentation of the Evo-1 recipe, in plain torch so it runs batched on the training
 device: with probability p per image, a random resized crop (area 0.95-1), a rotation (±5°) and a
 colour jitter (brightness 0.3, contrast 0.4, saturation 0.5, hue 0.08).
 

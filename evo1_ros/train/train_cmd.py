@@ -1,16 +1,16 @@
-"""`evo1-ros train`: Evo-1's two-stage fine-tuning on `evo1` datasets (SPEC §1).
+r"""`evo1-ros train`: Evo-1's two-stage fine-tuning on `evo1` datasets (the paper's recipe).
 
 Stage 1 trains the integration module and action head with the VLM frozen; stage 2 trains
 everything. Recipe: AdamW (lr 1e-5, weight decay 1e-3), linear warmup then cosine decay to 0,
 grad-norm clip 1.0, bf16 autocast on CUDA, image augmentation with p = 0.5 per image.
 
-    evo1-ros train --data data/pick_can --preset evo1-0.77b --internvl InternVL3-1B-hf \\
+    evo1-ros train --data data/pick_can --preset evo1-0.77b --internvl InternVL3-1B-hf \
         --stage both --stage1-steps 5000 --steps 65000 --out runs/pick_can
     evo1-ros train --data data/pick_can --init runs/pick_can/stage1/final --stage 2 --out runs/s2
 
 Several GPUs (one process per GPU, DDP; --batch-size is per GPU):
 
-    torchrun --standalone --nproc_per_node 8 -m evo1_ros.cli train --data data/pick_can \\
+    torchrun --standalone --nproc_per_node 8 -m evo1_ros.cli train --data data/pick_can \
         --preset evo1-0.77b --internvl InternVL3-1B-hf --stage both --out runs/pick_can
 
 Output, per stage, in OUT/stage1 and OUT/stage2:

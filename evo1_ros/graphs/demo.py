@@ -121,7 +121,7 @@ def run(args) -> int:
     import tempfile
 
     from evo1_ros.sim.metrics import latency_ms
-    from evo1_ros.sim.session import SimGraph, default_checkpoint, random_tiny_checkpoint, warn_random_weights
+    from evo1_ros.graphs.sim_graph import SimGraph, default_checkpoint, random_tiny_checkpoint, warn_random_weights
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,8 @@ def run(args) -> int:
     summary = {
         "checkpoint": str(checkpoint), "random_weights": random_weights,
         "instruction": graph.inference.instruction, "seed": args.seed,
-        "clock": "sim" if args.sim_time else "wall", "seconds": round(elapsed, 2), "image_size": args.image_size, "target_fps": args.fps,
+        "clock": "sim" if args.sim_time else "wall", "seconds": round(elapsed, 2), "image_size": args.image_size,
+        "target_fps": args.fps,
         "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "achieved_control_rate_hz": None if control_rate is None else round(control_rate, 2),
         "chunks": len(graph.policy.latencies), "inference_latency_ms": latency_ms(graph.policy.latencies),

@@ -3,9 +3,10 @@
     evo1-ros record-sim --out /work/demos/bags --episodes 60 --first-seed 1000
     evo1-ros convert /work/demos/bags/* --out /work/demos/dataset --rate 10
 
-Nodes: sim_node's pieces (SimNode: world + cameras; xarm6_driver on a SimBackend of the same world),
-the recorder, and the teleop node with source `sim_expert` acting as the operator. Episode i shows
-the scene of seed first_seed + i (the sim's seed counter; the teleop resets once per episode).
+Nodes: sim_node's (its bringup: the sim world's cameras, xarm6_driver on a SimBackend of the same
+world, the clock), the recorder, and the sim expert (nodes/sim_expert.py) as the operator. Episode
+i shows the scene of seed first_seed + i (the sim's seed counter; the expert resets once per
+episode).
 
 Time. Rendering two cameras in software (osmesa) on a loaded CPU is slower than real time, and
 a real-time run would drop and jitter frames. So the world here is a `LockstepWorld`: physics may
@@ -42,19 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 class RecordingGraph:
     """The nodes of one recording session, spinning in `context` (default: rclpy's global one,
-    initialised by the caller). `teleop.done` is set when the last episode is stored."""
+    initialised by the caller). `expert.done` is set when the last episode is stored."""
 
     def __init__(self, world, out: Path, episodes: int, first_seed: int, instruction: str,
                  speed: float = 2.0, storage: str = "mcap", context=None):
         """world: a LockstepWorld (it sets the camera rate); speed: physics pace between frames."""
         from rclpy.parameter import Parameter
 
-        from evo1_ros.nodes.driver import Xarm6DriverNode
         from evo1_ros.nodes.recorder import RecorderNode
-        from evo1_ros.nodes.sim import SimNode, sim_clock_node
+        from evo1_ros.nodes.sim import bring_up
+        from evo1_ros.nodes.sim_expert import SimExpertNode
         from evo1_ros.nodes.spin import SpinThread
-        from evo1_ros.nodes.teleop import TeleopNode
-        from evo1_ros.sim.backend import SimBackend
 
         def params(**values):
             return {"context": context, "parameter_overrides": [Parameter("use_sim_time", value=True)]
@@ -63,16 +62,12 @@ class RecordingGraph:
         self.nodes = []
         try:
             # no wall-clock pacing of the camera thread: the lockstep world paces it in sim time
-            sim = SimNode(world, **params(fps=1000.0, seed=first_seed))
-            self.nodes += [sim_clock_node(world, sim, context), sim]
-            driver = Xarm6DriverNode(backend=SimBackend(world, speed=speed), **params(realtime_priority=0))
-            self.nodes.append(driver)
-            sim.on_reset = driver.loop.recover  # as sim_node's main: after a reset start over from HOME
+            self.nodes += bring_up({"evo1_sim": {"world": world, **params(fps=1000.0, seed=first_seed, speed=speed)},
+                                    "xarm6_driver": params(realtime_priority=0)}).values()
             self.recorder = RecorderNode(**params(output_dir=str(out), cameras=["base", "wrist"], storage=storage))
             self.nodes.append(self.recorder)
-            self.teleop = TeleopNode(world, **params(source="sim_expert", episodes=episodes,
-                                                     instruction=instruction, rate_hz=50.0))
-            self.nodes.append(self.teleop)
+            self.expert = SimExpertNode(world, **params(episodes=episodes, instruction=instruction, rate_hz=50.0))
+            self.nodes.append(self.expert)
         except Exception:
             self.close()
             raise
@@ -109,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.monotonic()
         graph = RecordingGraph(world, args.out, args.episodes, args.first_seed, args.instruction, args.speed,
                                args.storage)
-        graph.teleop.done.wait()
+        graph.expert.done.wait()
         outcomes = [bag.read_meta(path).get("success") for path in sorted(args.out.iterdir())]
         print(f"{len(outcomes)} episodes in {args.out} ({outcomes.count(True)} successful); "
               f"this run took {time.monotonic() - start:.0f} s", flush=True)

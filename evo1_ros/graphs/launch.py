@@ -21,6 +21,8 @@ from typing import Callable
 
 import yaml
 
+from evo1_ros.robot import topics
+
 PACKAGE = "evo1_ros"
 
 ARGUMENTS = {  # name: (default, description); an empty value keeps the params file's setting
@@ -39,6 +41,7 @@ INFERENCE = "evo1_ros.nodes.inference:InferenceNode"
 DRIVER = "evo1_ros.nodes.driver:Xarm6DriverNode"
 CAMERA = "evo1_ros.nodes.camera:CameraNode"
 SIM = "evo1_ros.nodes.sim:SimNode"
+SIM_BRINGUP = "evo1_ros.nodes.sim:bring_up"
 GHOST_PREFIX = "ghost/"
 
 
@@ -56,6 +59,10 @@ class ProcessSpec:
     package: str = PACKAGE
     remappings: tuple[tuple[str, str], ...] = ()
     arguments: tuple[str, ...] = ()
+    # "module:function" building all the process's nodes together, as its executable does (they
+    # share state: the sim world), from each node's constructor kwargs by name; "" = each node
+    # from its own plugin class
+    bring_up: str = ""
 
     def parameter_files(self, params_file: str, directory: str | Path) -> list[str]:
         """The params file, then one written to `directory` with this process's overrides."""
@@ -79,7 +86,7 @@ class Graph:
 
 def share_directory() -> Path:
     """The package's share directory: installed (ament index, or pip's data_files), else the checkout."""
-    candidates = [Path(__file__).resolve().parent.parent, Path(sys.prefix) / "share" / PACKAGE]
+    candidates = [Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / PACKAGE]
     try:
         from ament_index_python.packages import get_package_share_directory
 
@@ -125,11 +132,11 @@ def xarm6_inference(arguments: dict[str, str]) -> Graph:
     serials = [entry[1] for entry in entries if len(entry) == 2]
     if serials and len(serials) != len(entries):
         raise ValueError(f"cameras:={args['cameras']}: give a serial for every camera or for none")
-    namespace = _section(params, "evo1_sim" if use_sim else "evo1_camera").get("camera_namespace", "camera")
-    # realsense2_camera's naming, which the camera and sim nodes follow: /<namespace>/<name>/color/image_raw
-    topics = [f"/{namespace}/{name}/color/image_raw" if namespace else f"/{name}/color/image_raw" for name in names]
+    namespace = _section(params, "evo1_sim" if use_sim else "evo1_camera").get("camera_namespace",
+                                                                               topics.CAMERA_NAMESPACE)
+    camera_topics = [topics.camera_topic(name, namespace) for name in names]
 
-    inference = {"camera_topics": topics}
+    inference = {"camera_topics": camera_topics}
     for name in ("checkpoint", "instruction"):
         if args[name]:
             inference[name] = args[name]
@@ -147,14 +154,15 @@ def xarm6_inference(arguments: dict[str, str]) -> Graph:
             raise ValueError(f"the sim has cameras {list(CAMERAS)}; cameras {unknown} do not exist there")
         # sim_node runs the driver beside the sim, sharing its world: one process, two nodes.
         processes.append(ProcessSpec("sim_node", (NodeSpec("evo1_sim", SIM),
-                                                  NodeSpec("xarm6_driver", DRIVER, {"backend": "sim"}))))
+                                                  NodeSpec("xarm6_driver", DRIVER, {"backend": "sim"})),
+                                     bring_up=SIM_BRINGUP))
     else:
         if serials or camera_params.get("serials"):
             camera = {"names": names, **({"serials": serials} if serials else {})}
             processes.append(ProcessSpec("camera_node", (NodeSpec("evo1_camera", CAMERA, camera),)))
         else:
             notes.append(f"no camera serials (cameras:=name:serial,... or evo1_camera.serials in {params_file}): "
-                         f"not starting the camera node; expecting images on {topics} from elsewhere "
+                         f"not starting the camera node; expecting images on {camera_topics} from elsewhere "
                          "(e.g. realsense2_camera)")
         robot_ip = args["robot_ip"] or _section(params, "xarm6_driver").get("robot_ip", "")
         if _section(params, "evo1_inference").get("use_follow_joint_trajectory", False):
@@ -171,7 +179,7 @@ def xarm6_inference(arguments: dict[str, str]) -> Graph:
     if rviz:
         from evo1_ros.robot.description import xarm6_urdf
 
-        joint_states = _section(params, "xarm6_driver").get("joint_states_topic", "/joint_states")
+        joint_states = _section(params, "xarm6_driver").get("joint_states_topic", topics.JOINT_STATES)
         processes += [
             ProcessSpec("robot_state_publisher",
                         (NodeSpec("robot_state_publisher", "", {"robot_description": xarm6_urdf()}),),
@@ -210,11 +218,17 @@ def in_process(process: ProcessSpec) -> bool:
     return all(node.plugin for node in process.nodes)
 
 
+def _load(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def create_nodes(graph: Graph, node_kwargs: Callable[[NodeSpec, dict], dict] | None = None) -> dict:
     """Build the graph's nodes in this process, in order, each on the params file + its overrides
-    (rclpy must be initialised). `node_kwargs(spec, built_so_far)` adds constructor arguments
-    (context, a policy object, ...). On a failure the nodes built so far are destroyed and a
-    RuntimeError names the node that failed."""
+    (rclpy must be initialised); a process with a `bring_up` is built by it, as its executable
+    builds it. `node_kwargs(spec, built_so_far)` adds constructor arguments (context, a policy
+    object, ...). On a failure the nodes built so far are destroyed and a RuntimeError names the
+    node that failed."""
     import tempfile
 
     built = {}
@@ -226,23 +240,22 @@ def create_nodes(graph: Graph, node_kwargs: Callable[[NodeSpec, dict], dict] | N
                     cli_args += ["--params-file", params_file]
                 for source, target in process.remappings:
                     cli_args += ["-r", f"{source}:={target}"]
-                for spec in process.nodes:
-                    module, cls = spec.plugin.split(":")
-                    kwargs = node_kwargs(spec, built) if node_kwargs else {}
-                    try:
-                        node = getattr(importlib.import_module(module), cls)(
-                            cli_args=cli_args + ["-r", f"__node:={spec.name}"], **kwargs)
-                    except Exception as e:  # a missing checkpoint or camera: say which node
-                        raise RuntimeError(f"{spec.name} failed to start: {type(e).__name__}: {e}") from e
-                    built[spec.name] = node
+                kwargs = {spec.name: {"cli_args": cli_args + ["-r", f"__node:={spec.name}"],
+                                      **(node_kwargs(spec, built) if node_kwargs else {})} for spec in process.nodes}
+                what = process.executable
+                try:
+                    if process.bring_up:
+                        built.update(_load(process.bring_up)(kwargs))
+                    else:
+                        for spec in process.nodes:
+                            what = spec.name
+                            built[spec.name] = _load(spec.plugin)(**kwargs[spec.name])
+                except Exception as e:  # a missing checkpoint or camera: say which node
+                    raise RuntimeError(f"{what} failed to start: {type(e).__name__}: {e}") from e
     except BaseException:
         for node in reversed(built.values()):
             node.destroy_node()
         raise
-    if "evo1_sim" in built and "xarm6_driver" in built:
-        from evo1_ros.nodes.sim import follow_resets
-
-        follow_resets(built["evo1_sim"], built["xarm6_driver"])
     return built
 
 

@@ -1,6 +1,6 @@
 """`SimGraph`: the xarm6_inference launch graph with `use_sim:=true`, in this process, for demo and eval.
 
-The nodes come from `launch_graph.xarm6_inference` — the description `ros2 launch` and
+The nodes come from `graphs.launch.xarm6_inference` — the description `ros2 launch` and
 `evo1-ros launch` use — so demo and eval exercise the very graph a user launches: sim_node (sim
 world + cameras + the driver on the sim backend) and the inference node, talking over DDS. On top
 of the params file they override a few parameters (image size, camera rate, seed), time the
@@ -21,7 +21,6 @@ outcome no longer depends on how fast or how loaded the machine is.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,18 +36,19 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from evo1_ros.launch_graph import create_nodes, share_directory, xarm6_inference
+from evo1_ros.graphs.launch import create_nodes, share_directory, xarm6_inference
+from evo1_ros.nodes import services
 from evo1_ros.nodes.messages import image_to_rgb, stamp_seconds
-from evo1_ros.nodes.sim import sim_clock_node
 from evo1_ros.nodes.spin import SpinThread
 from evo1_ros.sim.metrics import TimedPolicy, commanded_path, mean_abs_jerk
 
 EXPERT = "expert"  # --checkpoint value that seats the privileged scripted expert in the policy's place
-SIM_CHECKPOINT = Path("models") / "evo1-tiny-sim"  # the learning issue's bundled sim checkpoint
+SIM_CHECKPOINT = Path("models") / "evo1-tiny-sim"  # the bundled sim checkpoint (models/README.md)
 
 
 def default_checkpoint() -> Path | None:
-    """The bundled sim checkpoint, installed (package share) or in the checkout; None until shipped."""
+    """The bundled sim checkpoint, installed (package share) or in the checkout; None where it is
+    missing (an install without the models directory)."""
     for root in (share_directory(), Path(__file__).resolve().parents[2]):
         if (root / SIM_CHECKPOINT / "config.json").is_file():
             return root / SIM_CHECKPOINT
@@ -66,7 +66,7 @@ def random_tiny_checkpoint(directory: str | Path) -> Path:
 
 def warn_random_weights() -> None:
     bar = "!" * 100
-    print(f"{bar}\n!! NO TRAINED SIM CHECKPOINT: {SIM_CHECKPOINT} is not shipped yet, so this runs a RANDOMLY "
+    print(f"{bar}\n!! NO TRAINED SIM CHECKPOINT: {SIM_CHECKPOINT} was not found, so this runs a RANDOMLY "
           f"INITIALISED evo1-tiny.\n!! The graph, timing and video are real; the arm's motion is noise, not a "
           f"learned behaviour.\n!! Pass --checkpoint DIR for a trained model (or `expert` for the scripted "
           f"one).\n{bar}", file=sys.stderr, flush=True)
@@ -143,22 +143,11 @@ class Observer(Node):
     def jerk(self, dt: float) -> float | None:
         return mean_abs_jerk(*commanded_path(self.windows), dt)
 
-    def trigger(self, service: str, timeout: float = 10.0) -> str:
+    def trigger(self, service: str) -> str:
         """Call a std_srvs/Trigger service (the executor spins elsewhere); its message."""
         if service not in self._triggers:
             self._triggers[service] = self.create_client(Trigger, service)
-        client = self._triggers[service]
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {service} is not available")
-        done = threading.Event()
-        future = client.call_async(Trigger.Request())
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout):
-            raise RuntimeError(f"service {service} did not answer within {timeout:g} s")
-        response = future.result()
-        if not response.success:
-            raise RuntimeError(f"{service}: {response.message}")
-        return response.message
+        return services.call_checked(self._triggers[service])
 
 
 class PhysicsHeld:
@@ -196,7 +185,8 @@ class SimGraph:
         graph = xarm6_inference(arguments)
         overrides = {
             # on sim time the lockstep world paces the camera thread, not the wall clock
-            "evo1_sim": {"image_size": image_size, "fps": 1000.0 if sim_time else float(fps), "seed": seed},
+            "evo1_sim": {"image_size": image_size, "fps": 1000.0 if sim_time else float(fps), "seed": seed,
+                         **({"speed": speed} if sim_time else {})},
             # A CPU-rendered frame can come a period late under load: allow ~2.5 frame periods of age
             # (never less than the params file's default) before the inference node calls it stale.
             "evo1_inference": {"max_observation_age_ms": max(200.0, 2500.0 / fps), **(inference or {})},
@@ -217,10 +207,6 @@ class SimGraph:
             kwargs = {"context": self.context}
             if lockstep is not None and spec.name == "evo1_sim":
                 kwargs["world"] = lockstep
-            if lockstep is not None and spec.name == "xarm6_driver":
-                from evo1_ros.sim.backend import SimBackend
-
-                kwargs["backend"] = SimBackend(lockstep, speed=speed)
             if spec.name == "evo1_inference" and checkpoint == EXPERT:
                 from evo1_ros.sim.expert import ExpertPolicy
 
@@ -234,12 +220,11 @@ class SimGraph:
         rclpy.init(context=self.context)
         self.nodes, self.observer, self._spin, self._lockstep = {}, None, None, lockstep
         try:
-            self.nodes = create_nodes(graph, node_kwargs)  # also wires sim resets to the driver, as launchers do
+            self.nodes = create_nodes(graph, node_kwargs)  # the sim bringup wires resets and the clock
             self.inference, self.world = self.nodes["evo1_inference"], self.nodes["evo1_sim"].world
             # Timed where the latency is spent; its worker calls the policy only once the executor spins.
             self.policy = self.inference.policy = TimedPolicy(self.inference.policy)
             if lockstep is not None:
-                self.nodes["sim_clock"] = sim_clock_node(lockstep, self.nodes["evo1_sim"], self.context)
                 self.inference.policy = PhysicsHeld(self.policy, lockstep)
             self.observer = Observer(self.context, self.inference.camera_topics if record_cameras else [],
                                      self.inference.get_parameter("trajectory_topic").value, sim_time)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from evo1_ros.sim.demo import add_graph_arguments, inference_overrides
+from evo1_ros.graphs.demo import add_graph_arguments, inference_overrides
 
 SUCCESS_HOLD_S = 1.5  # the can must stay in the box this long: carrying it over the box is no success
 
@@ -53,7 +53,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from evo1_ros.sim.metrics import latency_ms
-    from evo1_ros.sim.session import SimGraph
+    from evo1_ros.graphs.sim_graph import SimGraph
 
     if args.episodes < 1:
         print("evo1-ros eval: --episodes must be at least 1", file=sys.stderr)
