@@ -5,7 +5,8 @@ serialized messages and, while an episode is active, writes them as they arrive 
 this node's clock, so sim time under `use_sim_time`).
 
 Services (std_srvs/Trigger): ~/start, ~/stop_success, ~/stop_fail, ~/discard.
-Parameters: output_dir, cameras (names; topic /camera/<name>/color/image_raw), joint_states_topic,
+Parameters: output_dir, cameras (names; topic /camera/<name>/color/image_raw), image_transport (raw, or
+compressed: records <topic>/compressed as sensor_msgs/CompressedImage), joint_states_topic,
 command_topic, instruction_topic, storage (mcap | sqlite3), flush_period (s), robot; read at
 ~/start: instruction, operator_note.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -28,6 +29,10 @@ from evo1_ros.nodes.spin import run_nodes
 # Best effort accepts both reliable and best-effort publishers (a reliable subscriber would get
 # nothing from a best-effort one); the depth absorbs bursts while the bag is being flushed.
 STATE_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+# image_transport -> (message class, bag type, topic suffix): raw frames, or image_transport's
+# `<topic>/compressed` (JPEG/PNG), e.g. cameras on another machine.
+IMAGE_TRANSPORTS = {"raw": (Image, bag.IMAGE_TYPE, ""),
+                    "compressed": (CompressedImage, bag.COMPRESSED_IMAGE_TYPE, "/compressed")}
 
 
 class RecorderNode(Node):
@@ -36,8 +41,12 @@ class RecorderNode(Node):
         p = self.declare_parameter
         self.output_dir = Path(p("output_dir", "episodes").value).expanduser()
         self.cameras = list(p("cameras", ["base", "wrist"]).value)
+        transport = p("image_transport", "raw").value
+        if transport not in IMAGE_TRANSPORTS:
+            raise ValueError(f"image_transport must be one of {list(IMAGE_TRANSPORTS)}, not {transport!r}")
+        image_cls, image_type, suffix = IMAGE_TRANSPORTS[transport]
         self.layout = {
-            "cameras": {name: bag.camera_topic(name) for name in self.cameras},
+            "cameras": {name: bag.camera_topic(name) + suffix for name in self.cameras},
             "joint_states": p("joint_states_topic", bag.JOINT_STATES_TOPIC).value,
             "command": p("command_topic", bag.COMMAND_TOPIC).value,
             "instruction": p("instruction_topic", bag.INSTRUCTION_TOPIC).value,
@@ -50,7 +59,7 @@ class RecorderNode(Node):
         if self.storage not in bag.STORAGES:
             raise ValueError(f"storage must be one of {list(bag.STORAGES)}, not {self.storage!r}")
 
-        subscriptions = [(topic, Image, bag.IMAGE_TYPE, qos_profile_sensor_data)
+        subscriptions = [(topic, image_cls, image_type, qos_profile_sensor_data)
                          for topic in self.layout["cameras"].values()]
         subscriptions += [
             (self.layout["joint_states"], JointState, bag.JOINT_STATE_TYPE, STATE_QOS),
