@@ -51,7 +51,7 @@ def raw_to_rgb(msg, encodings=tuple(CHANNELS)) -> np.ndarray:
     pixels = rows.reshape(msg.height, msg.step)[:, : c * msg.width].reshape(msg.height, msg.width, c)
     if c == 1:
         return np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(pixels[..., 2::-1] if msg.encoding.startswith("bgr") else pixels[..., :3])
+    return np.array(pixels[..., 2::-1] if msg.encoding.startswith("bgr") else pixels[..., :3], order="C")
 
 
 def compressed_codec(msg) -> str:
