@@ -281,8 +281,7 @@ class InferenceNode(Node):
         problem = self.instruction_problem(msg.data)
         if problem is not None:
             preview = msg.data[:60] + ("..." if len(msg.data) > 60 else "")
-            self._complain(f"instruction {preview!r} refused ({problem}); keeping {self.instruction!r}",
-                           key="instruction refused")
+            self._complain(f"instruction {preview!r} refused ({problem}); keeping {self.instruction!r}")
             return
         self.instruction = msg.data
         self._log("info", f"instruction: {msg.data!r}")
