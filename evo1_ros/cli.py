@@ -17,7 +17,7 @@ COMMANDS = {
     "convert": ("evo1_ros.data.convert", "turn recorded episode bags into a training dataset"),
     "init": ("evo1_ros.model.init_cmd", "write a fresh checkpoint (random head, optional InternVL3-1B-hf backbone)"),
     "import": ("evo1_ros.runtime.import_cmd", "convert a reference or LeRobot Evo-1 checkpoint to ours"),
-    "check": ("evo1_ros.runtime.check_cmd", "preflight a checkpoint: conventions, one chunk, distance from the arm, limits"),
+    "check": ("evo1_ros.runtime.check_cmd", "preflight a checkpoint: conventions, one chunk, distance from the arm"),
     "launch": ("evo1_ros.launch_graph", "run a launch file's node graph in one process (no ros2 launch needed)"),
     "demo": ("evo1_ros.sim.demo", "run the whole graph in the MuJoCo sim headless; write a video, stills, JSON"),
     "eval": ("evo1_ros.sim.evaluate", "closed-loop evaluation in the sim through the ROS graph: success, time, jerk"),

@@ -32,8 +32,9 @@ def checkpoint(path, trained_in: str, declared: str):
     save_checkpoint(path, model, tokenizer, Normalizer("xarm6", "bounds", {"observation.state": stats,
                                                                            "action": dict(stats)}))
     units = ("deg", "sdk") if declared == "deg" else ("rad", "drive_joint")
+    conventions = Conventions(xarm6_dims(*units), xarm6_dims(*units), views=["base", "wrist"])
     DeploymentConfig(action_rate_hz=10.0, noise_scale=0.0, instructions=["pick up the can"],
-                     conventions=Conventions(xarm6_dims(*units), xarm6_dims(*units), views=["base", "wrist"])).save(path)
+                     conventions=conventions).save(path)
     return path
 
 

@@ -113,7 +113,8 @@ def test_lerobot_policy_imports_every_weight_to_its_place(tmp_path, tok_dir):
     for key in ("vision_tower.encoder.layer.0.attention.k_proj.weight", "language_model.norm.weight",
                 "multi_modal_projector.layer_norm.bias"):
         assert torch.equal(ours["vlm." + key], source["model.embedder.model." + key])
-    assert torch.equal(ours["head.state_encoder.fc1.weight"], source["model.action_head.state_encoder.fc1.linear.weight"])
+    assert torch.equal(ours["head.state_encoder.fc1.weight"],
+                       source["model.action_head.state_encoder.fc1.linear.weight"])
     assert torch.equal(ours["head.pool.weight"], source["model.action_head.seq_pool_proj.weight"])
     # The head count cannot be read off weight shapes; it comes from LeRobot's config.json.
     assert model.config.head_heads == HEAD["num_heads"] and model.config.context_padding == "mask"

@@ -58,9 +58,9 @@ PARAMETERS = {
     "control_rate_hz": (0.0, "publish rate of trajectory windows, one chunk action per tick; 0 = the rate "
                              f"the checkpoint was trained at ({DEFAULT_RATE_HZ:.0f} Hz if it does not say)"),
     "chunk_mode": ("", f"how overlapping chunks combine: {', '.join(MODES)}; empty = the checkpoint's own "
-                       f"(chunk_mode in its config.json), else {DEFAULT_CHUNK_MODE}"),
+                       f"(chunk_mode in its deployment.json), else {DEFAULT_CHUNK_MODE}"),
     "request_threshold": (-1.0, "ask for the next chunk once this fraction of a chunk is left; negative = the "
-                                f"checkpoint's own (request_threshold in its config.json), else "
+                                f"checkpoint's own (request_threshold in its deployment.json), else "
                                 f"{DEFAULT_REQUEST_THRESHOLD}"),
     "ensemble_decay": (0.01, "m in the temporal-ensemble weights exp(-m i)"),
     "device": ("cpu", "torch device for the policy"),
@@ -70,7 +70,7 @@ PARAMETERS = {
                              "chunk of each instruction waits for the compile, ~1 min for evo1-0.77b)"),
     "onnx_dir": ("", "action-head ONNX graphs for backend onnx (evo1-ros export-onnx); empty: CHECKPOINT/onnx"),
     "noise_scale": (-1.0, "spread of the sampler's starting noise, 0..1 (0 = deterministic chunks); "
-                          "negative = the checkpoint's own (noise_scale in its config.json)"),
+                          "negative = the checkpoint's own (noise_scale in its deployment.json)"),
     "max_observation_age_ms": (200.0, "older images or joint states start no new chunk"),
     "first_action_tolerance_rad": (0.35, "warn when a chunk's first action is further than this from the measured "
                                          "arm on any joint (the checkpoint's declared units are the usual cause)"),

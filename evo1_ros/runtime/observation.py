@@ -86,7 +86,8 @@ class ObservationSync:
 
     def problem(self, now: float) -> str | None:
         """Why the inputs cannot start a chunk now, or None if they can."""
-        arrived = [None if e is None else e[1] for e in self._images] + [None if self._state is None else self._state[1]]
+        arrived = [None if e is None else e[1] for e in self._images]
+        arrived.append(None if self._state is None else self._state[1])
         names = self.view_names + ["joint states"]
         missing = [n for n, t in zip(names, arrived) if t is None]
         if missing:
