@@ -104,6 +104,12 @@ class InferenceNode(Node):
         if p["image_transport"] not in IMAGE_TRANSPORTS:
             raise ValueError(f"image_transport must be one of {list(IMAGE_TRANSPORTS)}, got {p['image_transport']!r}")
         image_type, suffix = IMAGE_TRANSPORTS[p["image_transport"]]
+        if image_type is CompressedImage:
+            try:
+                import cv2  # noqa: F401 - decodes the JPEG/PNG frames on the worker
+            except ImportError as e:
+                raise RuntimeError("image_transport compressed needs OpenCV: pip install opencv-python-headless "
+                                   "(or apt install python3-opencv)") from e
         self.image_topics = [topic + suffix for topic in self.camera_topics]
         self.instruction = p["instruction"]
         self.max_age = p["max_observation_age_ms"] / 1000.0
