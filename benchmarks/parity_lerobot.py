@@ -1,13 +1,16 @@
 """Parity: our Evo1 against LeRobot 0.6.1's Evo1Policy, same random weights, inputs and noise.
 
 LeRobot's policy is built with random weights (no hub: the InternVL model and the tokenizer are
-made here), written with its own `save_pretrained`, and read back by our `import_lerobot` with the
-same VLM config dict. Both get the same uint8 views at 448 px (so LeRobot's float -> uint8
-quantisation is exact), the same raw state (zero-padded to 24, as LeRobot's `_prepare_state`
-does; no normaliser on either side), the same tokenizer object and instruction, and the same
-initial noise: the RNG is seeded identically, we draw LeRobot's noise shape (B, H*24) ourselves
-and hand it to `Evo1.sample`. Compared: the normalised (B, H, 24) chunks that
-`predict_action_chunk` returns, and the VLM context tokens both heads attend to.
+made here) and written with its own `save_pretrained`, its pre/post-processors (made by
+`make_evo1_pre_post_processors` from dataset statistics in LeRobot's layout) beside it, and read
+back by our `import_lerobot` with the same VLM config dict. Both get the same uint8 views at 448 px
+(so LeRobot's float -> uint8 quantisation is exact), the same raw state, the same tokenizer object
+and instruction, and the same initial noise: the RNG is seeded identically, we draw LeRobot's noise
+shape (B, H*24) ourselves and hand it to `Evo1.sample`. LeRobot's preprocessor normalises and pads
+its state; our processor does it with the imported statistics. Compared: the normalised states
+(LeRobot's preprocessor output vs ours), the normalised (B, H, 24) chunks that
+`predict_action_chunk` returns, the VLM context tokens both heads attend to, and the chunks
+de-normalised by LeRobot's postprocessor vs ours.
 
   python benchmarks/parity_lerobot.py --tiny --views 1 2 3 --seeds 0 1 2 --batch 2
   python benchmarks/parity_lerobot.py --views 2 --seeds 0 1 --steps 32 --json out.json
@@ -30,6 +33,7 @@ import lerobot.policies.evo1.internvl3_embedder as lr_embedder
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.evo1.configuration_evo1 import Evo1Config as LeRobotEvo1Config
 from lerobot.policies.evo1.modeling_evo1 import Evo1Policy
+from lerobot.policies.evo1.processor_evo1 import make_evo1_pre_post_processors
 from transformers import InternVLConfig, InternVLModel
 
 from evo1_ros.model.checkpoint import import_lerobot
@@ -110,6 +114,14 @@ theirs = Evo1Policy(lr_cfg).to(dev).eval()
 theirs.config.empty_cameras = 2  # trailing cameras may be left out of a batch: masked view slots
 ckpt = f"{work.name}/lerobot_policy"
 theirs.save_pretrained(ckpt)
+# Dataset statistics in LeRobot's layout (state and action MIN_MAX, its default mapping).
+low = torch.tensor([-1.2, -0.6, -1.6, -0.3, 0.6, -0.5, 0.0])
+high = torch.tensor([1.1, 0.4, -0.3, 0.2, 1.4, 0.6, 0.85])
+stats = {key: {"min": low, "max": high, "mean": (low + high) / 2, "std": (high - low) / 4}
+         for key in ("observation.state", "action")}
+preprocessor, postprocessor = make_evo1_pre_post_processors(lr_cfg, stats)
+preprocessor.save_pretrained(ckpt)
+postprocessor.save_pretrained(ckpt)
 ours, processor = import_lerobot(ckpt, tok_dir, vlm=vlm)
 processor.tokenizer = tok  # the very object LeRobot tokenises with
 ours = ours.to(dev).eval()
@@ -156,7 +168,7 @@ def run_case(views: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     b = args.batch
     frames = torch.randint(0, 256, (b, views, 448, 448, 3), generator=g, dtype=torch.uint8)
-    state = torch.rand(b, STATE_DIM, generator=g) * 2 - 1
+    state = low + (high - low) * (torch.rand(b, STATE_DIM, generator=g) * 1.2 - 0.1)  # a little past the bounds
     tasks = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(b)]
 
     batch = {CAMERAS[v]: frames[:, v].permute(0, 3, 1, 2).float().div(255).to(dev) for v in range(views)}
@@ -165,6 +177,7 @@ def run_case(views: int, seed: int) -> dict:
         assert torch.equal(back, frames[:, v].permute(0, 3, 1, 2))
     batch["observation.state"] = state.to(dev)
     batch["task"] = tasks
+    batch = preprocessor(batch)  # LeRobot's normalisation and padding of the state
 
     pix = [images_to_pixels([f.numpy() for f in frames[i]] + [None] * (3 - views), ours.config) for i in range(b)]
     ids, attn = processor.tokenize(tasks)
@@ -186,23 +199,28 @@ def run_case(views: int, seed: int) -> dict:
         got = ours.sample(obs, action_mask, noise=noise.view(b, h, a), num_steps=args.steps).float().cpu()
     t_ours = time.time() - t
     diff = (got - ref).abs()
+    norm_diff = (batch["observation.state"].float().cpu() - obs["state"].cpu()).abs().max().item()
+    denorm = torch.stack([torch.from_numpy(processor.actions_to_robot(c, ACTION_DIM)) for c in got])
+    denorm_diff = (postprocessor(ref).double() - denorm).abs().max().item()
     return dict(views=views, seed=seed, batch=b, max_abs_diff=diff.max().item(), mean_abs_diff=diff.mean().item(),
                 context_max_abs_diff=context_diff(), max_abs_action=ref.abs().max().item(),
+                state_norm_max_abs_diff=norm_diff, denorm_max_abs_diff=denorm_diff,
                 lerobot_s=round(t_lr, 2), ours_s=round(t_ours, 2), chunk=list(ref.shape))
 
 
 rows = []
 print(f"{'views':>5} {'seed':>4} {'max|diff|':>10} {'mean|diff|':>10} {'ctx max|diff|':>13} {'max|a|':>7} "
-      f"{'lerobot s':>9} {'ours s':>7}")
+      f"{'norm|diff|':>10} {'denorm|diff|':>12} {'lerobot s':>9} {'ours s':>7}")
 for views in args.views:
     for seed in args.seeds:
         r = run_case(views, seed)
         rows.append(r)
         print(f"{r['views']:>5} {r['seed']:>4} {r['max_abs_diff']:>10.2e} {r['mean_abs_diff']:>10.2e} "
               f"{r['context_max_abs_diff']:>13.2e} {r['max_abs_action']:>7.3f} "
+              f"{r['state_norm_max_abs_diff']:>10.2e} {r['denorm_max_abs_diff']:>12.2e} "
               f"{r['lerobot_s']:>9.2f} {r['ours_s']:>7.2f}", flush=True)
 
-worst = max(r["max_abs_diff"] for r in rows)
+worst = max(max(r["max_abs_diff"], r["state_norm_max_abs_diff"], r["denorm_max_abs_diff"]) for r in rows)
 ok = worst <= args.tol
 print(f"worst max|diff| {worst:.3e} -> {'PASS' if ok else 'FAIL'} (tol {args.tol:g}, {args.dtype}, {args.device})")
 result = dict(

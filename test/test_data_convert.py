@@ -15,7 +15,7 @@ from evo1_ros.robot import topics
 from evo1_ros.robot.xarm6 import JOINT_STATE_NAMES as NAMES
 
 rclpy_serialization = pytest.importorskip("rclpy.serialization")
-from sensor_msgs.msg import Image, JointState  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 pytestmark = pytest.mark.ros  # messages are serialized with rclpy, as the recorder gets them
@@ -113,6 +113,35 @@ def test_convert_samples_on_the_grid(tmp_path):
     np.testing.assert_allclose(stats["action"]["max"], data["action"].max(0), atol=1e-6)
     np.testing.assert_allclose(stats["state"]["std"], data["state"].std(0), atol=1e-6)
     assert stats["count"] == 10
+
+
+def test_compressed_camera_topics_convert(tmp_path):
+    # Cameras recorded as image_transport's <topic>/compressed: PNG for one view, JPEG for the other.
+    from evo1_ros.data.images import encode_frame
+
+    compressed = {name: topic + "/compressed" for name, topic in CAMERAS.items()}
+    messages = []
+    for topic, ns, msg in synthetic_messages(1.0):
+        if msg.__class__ is Image:
+            rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(12, 16, 3)
+            rgb = rgb[..., ::-1] if msg.encoding == "bgr8" else rgb
+            codec = "png" if topic == CAMERAS["base"] else "jpeg"
+            msg = CompressedImage(header=msg.header, format=f"rgb8; {codec} compressed bgr8",
+                                  data=encode_frame(rgb, codec).tobytes())
+            topic = topic + "/compressed"
+        messages.append((topic, ns, msg))
+    types = {**{t: bag.COMPRESSED_IMAGE_TYPE for t in compressed.values()},
+             topics.JOINT_STATES: bag.JOINT_STATE_TYPE, topics.TRAJECTORY: bag.TRAJECTORY_TYPE}
+    b = write_bag(tmp_path / "ep", messages, meta={"topics": {**LAYOUT, "cameras": compressed}}, types=types)
+    meta = convert([b], tmp_path / "ds", rate=10, image_size=16)
+    raw = convert([write_bag(tmp_path / "raw", synthetic_messages(1.0))], tmp_path / "ds_raw", rate=10, image_size=16)
+    got, want = (np.load(tmp_path / d / m["episodes"][0]["file"]) for d, m in (("ds", meta), ("ds_raw", raw)))
+    np.testing.assert_array_equal(got["state"], want["state"])
+    from evo1_ros.data.images import decode_frame
+
+    for cam, tolerance in (("base", 0), ("wrist", 12)):  # PNG is lossless; JPEG within its error
+        frames = [decode_frame(d[f"frames.{cam}"][d[f"offsets.{cam}"][0]:d[f"offsets.{cam}"][1]]) for d in (got, want)]
+        assert np.abs(frames[0].astype(int) - frames[1].astype(int)).max() <= tolerance, cam
 
 
 def test_observed_action_is_the_next_state(tmp_path):

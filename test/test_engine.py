@@ -1,15 +1,13 @@
 """Engine backends compute the plain model's function (tiny preset, CPU; CUDA graph on GPU)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from evo1_ros.model.build import build_model, xarm6_normalizer
 from evo1_ros.model.checkpoint import save_checkpoint
-from evo1_ros.model.config import Evo1Config
 from evo1_ros.model.processor import Evo1Processor
+from evo1_ros.runtime.deployment import DeploymentConfig
 from evo1_ros.runtime.engine import MAX_CACHED, Evo1Engine, export_onnx
 from evo1_ros.runtime.policy import Evo1ChunkPolicy
 
@@ -109,18 +107,14 @@ def test_checkpoint_carries_how_its_chunks_are_executed(tiny, tmp_path):
     save_checkpoint(tmp_path / "plain", model, processor.tokenizer, processor.normalizer)
     plain = Evo1ChunkPolicy.from_checkpoint(tmp_path / "plain")
     assert (plain.chunk_mode, plain.request_threshold) == (None, None)  # the node's defaults apply
-    model.config.chunk_mode, model.config.request_threshold = "open_loop", 0.0
-    try:
-        save_checkpoint(tmp_path / "ck", model, processor.tokenizer, processor.normalizer)
-    finally:
-        model.config.chunk_mode, model.config.request_threshold = None, None
+    save_checkpoint(tmp_path / "ck", model, processor.tokenizer, processor.normalizer)
+    DeploymentConfig(chunk_mode="open_loop", request_threshold=0.0).save(tmp_path / "ck")
     policy = Evo1ChunkPolicy.from_checkpoint(tmp_path / "ck")
     assert (policy.chunk_mode, policy.request_threshold) == ("open_loop", 0.0)
     with pytest.raises(ValueError, match="chunk_mode must be one of"):
-        dataclasses.replace(model.config, chunk_mode="blend")
+        DeploymentConfig(chunk_mode="blend")
     with pytest.raises(ValueError, match="request_threshold must be in"):
-        dataclasses.replace(model.config, request_threshold=1.5)
-    assert Evo1Config.from_dict(model.config.to_dict()) == model.config
+        DeploymentConfig(request_threshold=1.5)
 
 
 def test_noise_scale_sets_the_spread_of_the_starting_noise(tiny, tmp_path):
@@ -138,12 +132,9 @@ def test_noise_scale_sets_the_spread_of_the_starting_noise(tiny, tmp_path):
     draw = torch.rand(noise.shape) * 2 - 1
     torch.testing.assert_close(half, reference(model, processor, obs, draw * 0.5), atol=1e-6, rtol=0)
     assert not torch.allclose(half, zero, atol=1e-3)
-    # The checkpoint carries its sampler's scale; the node's parameter may override it.
-    model.config.noise_scale = 0.0
-    try:
-        save_checkpoint(tmp_path / "ck", model, processor.tokenizer, processor.normalizer)
-    finally:
-        model.config.noise_scale = 1.0
+    # The checkpoint's deployment settings carry its sampler's scale; the node's parameter may override it.
+    save_checkpoint(tmp_path / "ck", model, processor.tokenizer, processor.normalizer)
+    DeploymentConfig(noise_scale=0.0).save(tmp_path / "ck")
     assert Evo1ChunkPolicy.from_checkpoint(tmp_path / "ck").engine.noise_scale == 0.0
     assert Evo1ChunkPolicy.from_checkpoint(tmp_path / "ck", noise_scale=1.0).engine.noise_scale == 1.0
     with pytest.raises(ValueError, match="noise_scale"):

@@ -10,11 +10,11 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 import rclpy.action  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -461,3 +461,193 @@ def test_follow_joint_trajectory_without_control_msgs_is_a_clear_error():
                           parameter_overrides=[Parameter("use_follow_joint_trajectory", value=True)])
     finally:
         rclpy.shutdown(context=context)
+
+
+def diagnostics(rig):
+    """(level, message, values) of the inference node's latest diagnostics."""
+    status = [s for d in rig.received["diagnostics"] for s in d.status if s.name.startswith("evo1_inference")][-1]
+    return status.level, status.message, {kv.key: kv.value for kv in status.values}
+
+
+class TokenLimitPolicy(RampPolicy):
+    """A RampPolicy whose prompt holds at most `limit` words (a tokenizer stand-in's limit)."""
+
+    limit = 20
+
+    def instruction_problem(self, instruction):
+        words = len(instruction.split())
+        return f"prompt is {words} tokens, over max_text_length={self.limit}" if words > self.limit else None
+
+
+def test_bad_instructions_are_refused_and_chunks_keep_coming(rig_factory, capfd):
+    policy = TokenLimitPolicy()
+    rig = rig_factory(policy, "instr", max_observation_age_ms=1000.0)
+    time.sleep(0.8)
+    for text, words in [("x" * 1_000_000, "instruction of 1000000 characters, at most 4096"),
+                        ("", "empty instruction"), ("   \n", "empty instruction"),
+                        (" ".join(["pick"] * 30), "prompt is 30 tokens, over max_text_length=20")]:
+        calls = len(policy.calls)
+        rig.instruction_pub.publish(String(data=text))
+        time.sleep(0.6)
+        err = capfd.readouterr().err
+        assert words in err and "keeping 'pick the cube'" in err, err[-500:]
+        assert rig.node.instruction == "pick the cube"
+        assert len(policy.calls) > calls and policy.calls[-1][2] == "pick the cube"  # chunks keep coming
+    rig.instruction_pub.publish(String(data="open the drawer"))
+    time.sleep(0.6)
+    assert policy.calls[-1][2] == "open the drawer"
+    # The 1 MB string (and the rest) left the worker alive and the diagnostics healthy.
+    assert rig.node._worker.is_alive()
+
+
+class FailingPolicy(RampPolicy):
+    """Raises inside the policy call on the calls listed in `fail_on` (counted from 0)."""
+
+    def __init__(self, fail_on):
+        super().__init__()
+        self.fail_on, self.attempts = set(fail_on), 0
+
+    def predict_chunk(self, images, state, instruction):
+        attempt, self.attempts = self.attempts, self.attempts + 1
+        if attempt in self.fail_on:
+            raise RuntimeError(f"CUDA out of memory (injected, call {attempt})")
+        return super().predict_chunk(images, state, instruction)
+
+
+def test_an_exception_inside_the_policy_is_reported_and_the_next_chunks_come(rig_factory, capfd):
+    policy = FailingPolicy(fail_on=range(1, 40))
+    rig = rig_factory(policy, "fail", max_observation_age_ms=1000.0, request_threshold=1.0)
+    time.sleep(1.5)  # call 0 succeeds, then every call fails for a while
+    assert policy.attempts >= 5  # the worker kept taking requests after the first exception
+    level, message, values = diagnostics(rig)
+    assert level == DiagnosticStatus.ERROR and "inference failed: RuntimeError: CUDA out of memory" in message
+    assert "inference failed: RuntimeError: CUDA out of memory (injected" in capfd.readouterr().err
+    policy.fail_on = set()  # the fault clears: chunks come again, and the error with it
+    calls = len(policy.calls)
+    time.sleep(1.5)
+    assert len(policy.calls) > calls and rig.node._worker.is_alive()
+    level, message, values = diagnostics(rig)
+    assert level != DiagnosticStatus.ERROR and values["last_error"] == ""
+
+
+def test_jpeg_compressed_frames_give_the_chunk_raw_frames_give(rig_factory, tiny_checkpoint):
+    # The same scene as raw rgb8 and as image_transport JPEG: the tiny checkpoint's chunk (noise 0,
+    # deterministic) must agree within what JPEG changes.
+    from evo1_ros.nodes.messages import array_to_compressed
+    from evo1_ros.runtime.policy import Evo1ChunkPolicy
+
+    y, x = np.mgrid[0:48, 0:64]
+    scene = [np.stack([2 * x + 40 * k, 3 * y, 200 - x - y], -1).clip(0, 255).astype(np.uint8) for k in range(2)]
+    chunks = {}
+    for transport in ("raw", "compressed"):
+        policy = Evo1ChunkPolicy.from_checkpoint(tiny_checkpoint, noise_scale=0.0)
+        got = []
+        original = policy.predict_chunk
+        policy.predict_chunk = lambda images, state, text: got.append(original(images, state, text)) or got[-1]
+        rig = rig_factory(policy, f"jpeg_{transport}", image_transport=transport, control_rate_hz=5.0,
+                          max_observation_age_ms=1000.0)
+        rig.feeding = False
+        if transport == "raw":
+            rig.images = [array_to_image(f, "rgb8") for f in scene]
+        else:
+            rig.image_pubs = [rig.io.create_publisher(CompressedImage, c + "/compressed", qos_profile_sensor_data)
+                              for c in rig.cams]
+            rig.images = [array_to_compressed(f, "jpeg") for f in scene]
+        rig.feeding = True
+        deadline = time.time() + 60
+        while not got and time.time() < deadline:
+            time.sleep(0.1)
+        assert got, f"no chunk over {transport}"
+        chunks[transport] = got[0]
+    raw, jpeg = chunks["raw"], chunks["compressed"]
+    assert np.abs(raw - jpeg).max() < 0.02 and not np.array_equal(raw, jpeg)  # close, and really JPEG
+    # Exactly what the weights give for the frames OpenCV decodes from those JPEG bytes: the node's
+    # decoding adds nothing but the codec's own error.
+    import cv2
+
+    decoded = [cv2.imdecode(np.frombuffer(bytes(array_to_compressed(f, "jpeg").data), np.uint8),
+                            cv2.IMREAD_COLOR)[..., ::-1].copy() for f in scene]
+    assert np.abs(np.array(decoded, int) - np.array(scene, int)).max() <= 16
+    policy = Evo1ChunkPolicy.from_checkpoint(tiny_checkpoint, noise_scale=0.0)
+    direct = policy.predict_chunk(decoded, np.full(7, 0.1), "pick the cube")
+    np.testing.assert_allclose(jpeg, direct, atol=1e-5)
+
+
+def test_malformed_compressed_frames_are_refused(rig_factory, capfd):
+    policy = RampPolicy()
+    rig = rig_factory(policy, "badjpeg", image_transport="compressed")
+    rig.feeding = False
+    rig.image_pubs = [rig.io.create_publisher(CompressedImage, c + "/compressed", qos_profile_sensor_data)
+                      for c in rig.cams]
+    rig.images = [CompressedImage(format="jpeg", data=b"GIF89a not a jpeg"), CompressedImage(format="png")]
+    rig.feeding = True
+    time.sleep(0.8)
+    err = capfd.readouterr().err
+    assert "is neither JPEG nor PNG" in err and policy.calls == []
+
+
+class FarPolicy(RampPolicy):
+    """Predicts a chunk whose first action is `offset` rad from the state on joint2."""
+
+    def __init__(self, offset):
+        super().__init__()
+        self.offset = offset
+
+    def predict_chunk(self, images, state, instruction):
+        super().predict_chunk(images, state, instruction)
+        chunk = np.tile(state, (self.chunk_length, 1))
+        chunk[:, 1] += self.offset
+        return chunk
+
+
+def test_a_chunk_starting_far_from_the_arm_is_warned_about(rig_factory, capfd):
+    rig = rig_factory(FarPolicy(0.5), "far", max_observation_age_ms=1000.0)
+    time.sleep(1.5)
+    level, message, values = diagnostics(rig)
+    assert level == DiagnosticStatus.WARN
+    assert "first action is 0.50 rad from the measured arm on joint2" in message
+    assert "declared units" in message and "first action is 0.50 rad" in capfd.readouterr().err
+    rig = rig_factory(FarPolicy(0.2), "near", max_observation_age_ms=1000.0)  # inside the 0.35 rad default
+    time.sleep(1.5)
+    assert diagnostics(rig)[0] == DiagnosticStatus.OK
+
+
+def test_reference_convention_checkpoint_gets_radians_and_returns_radians(rig_factory, tmp_path):
+    # A checkpoint in the reference release's layout: statistics in degrees and SDK gripper units,
+    # deployment settings declaring them. Driven by the node with the arm's radian joint states, its
+    # targets must be what the same weights give for the degree state, converted to radians and
+    # drive_joint.
+    from evo1_ros.model.build import build_model
+    from evo1_ros.model.checkpoint import load_checkpoint, save_checkpoint
+    from evo1_ros.model.processor import Normalizer
+    from evo1_ros.robot import xarm6
+    from evo1_ros.runtime.deployment import Conventions, DeploymentConfig, xarm6_dims
+    from evo1_ros.runtime.engine import Evo1Engine
+
+    lo = np.append(np.rad2deg(xarm6.JOINT_LOWER), 0.0).tolist()
+    hi = np.append(np.rad2deg(xarm6.JOINT_UPPER), xarm6.SDK_GRIPPER_OPEN).tolist()
+    stats = {"min": lo, "max": hi}
+    model, tokenizer = build_model("evo1-tiny", seed=5)
+    path = save_checkpoint(tmp_path / "ref", model, tokenizer,
+                           Normalizer("xarm6", "bounds", {"observation.state": stats, "action": dict(stats)}))
+    deg = Conventions(xarm6_dims("deg", "sdk"), xarm6_dims("deg", "sdk"), views=["cam0", "cam1"])
+    DeploymentConfig(noise_scale=0.0, conventions=deg).save(path)
+
+    rig = rig_factory(None, "refconv", checkpoint=str(path), control_rate_hz=5.0, max_observation_age_ms=1000.0,
+                      chunk_mode="open_loop", request_threshold=0.0)
+    deadline = time.time() + 60
+    while not rig.received["ghost"] and time.time() < deadline:
+        time.sleep(0.1)
+    ghost = np.array(rig.received["ghost"][0].position)  # the first chunk's last action, as published
+
+    # The same weights given the state in degrees directly, without the node and its conventions.
+    model, processor = load_checkpoint(path)
+    frame = np.full((24, 32, 3), 80, np.uint8)  # what the rig's cameras send
+    radians = np.full(7, 0.1)  # what the rig's joint states say
+    degrees = np.append(np.rad2deg(radians[:6]), xarm6.SDK_GRIPPER_OPEN * (1 - 0.1 / xarm6.GRIPPER_CLOSED))
+    obs = processor.observation([frame, frame, None], degrees, "pick the cube")
+    actions = Evo1Engine(model, processor, noise_scale=0.0).predict(obs, processor.action_mask(7))
+    chunk = processor.actions_to_robot(actions[0].float(), 7)  # degrees and SDK units
+    expected = np.append(np.deg2rad(chunk[-1, :6]), xarm6.GRIPPER_CLOSED * (1 - chunk[-1, 6] / xarm6.SDK_GRIPPER_OPEN))
+    np.testing.assert_allclose(ghost, expected, atol=1e-4)
+    assert np.abs(chunk[-1, :6]).max() > 1.0  # the policy really spoke degrees: read raw, they would be wrong

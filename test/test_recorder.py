@@ -13,7 +13,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -25,7 +25,7 @@ from evo1_ros.robot import topics  # noqa: E402
 from test_data_convert import CAMERAS, synthetic_messages, write_bag  # noqa: E402
 
 pytestmark = pytest.mark.ros
-TYPES = {bag.IMAGE_TYPE: Image, bag.JOINT_STATE_TYPE: JointState,
+TYPES = {bag.IMAGE_TYPE: Image, bag.COMPRESSED_IMAGE_TYPE: CompressedImage, bag.JOINT_STATE_TYPE: JointState,
          bag.TRAJECTORY_TYPE: JointTrajectory, bag.STRING_TYPE: String}
 
 
@@ -127,6 +127,49 @@ def test_record_then_convert_matches_the_published_episode(tmp_path):
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_compressed_camera_topics_are_recorded_and_convert(tmp_path):
+    # Cameras on another machine send image_transport's <topic>/compressed (JPEG here): the recorder
+    # records those, and convert reads them into the same dataset the raw frames give, within JPEG's error.
+    from evo1_ros.nodes.messages import array_to_compressed
+
+    params = [Parameter("output_dir", value=str(tmp_path / "episodes")), Parameter("cameras", value=list(CAMERAS)),
+              Parameter("instruction", value="stack the cubes"), Parameter("image_transport", value="compressed")]
+    h = Harness(lambda ctx: [RecorderNode(context=ctx, parameter_overrides=params)])
+    messages = synthetic_messages(1.0)
+    compressed = []
+    for topic, ns, msg in messages:
+        if topic in CAMERAS.values():
+            rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+            rgb = rgb[..., ::-1] if msg.encoding == "bgr8" else rgb
+            msg, topic = array_to_compressed(rgb, "jpeg", stamp=msg.header.stamp), topic + "/compressed"
+        compressed.append((topic, ns, msg))
+    try:
+        recorder = h.nodes[0]
+        assert set(recorder.layout["cameras"].values()) == {t + "/compressed" for t in CAMERAS.values()}
+        pubs = h.publishers(recorder.topics)
+        assert h.call("/recorder/start").success
+        publish_in_real_time(pubs, compressed)
+        time.sleep(0.5)
+        assert h.call("/recorder/stop_success").success
+    finally:
+        h.close()
+    (episode,) = (tmp_path / "episodes").iterdir()
+    types = {m.topic: m.msgtype for m in bag.read_messages(episode)}
+    assert all(types[t + "/compressed"] == bag.COMPRESSED_IMAGE_TYPE for t in CAMERAS.values())
+    via_dds = convert([episode], tmp_path / "ds", rate=10, image_size=8)
+    direct = convert([write_bag(tmp_path / "direct", messages)], tmp_path / "direct_ds", rate=10, image_size=8)
+    assert via_dds["episodes"][0]["length"] == direct["episodes"][0]["length"] == 10
+    a, b = np.load(tmp_path / "ds" / "episode_000000.npz"), np.load(tmp_path / "direct_ds" / "episode_000000.npz")
+    np.testing.assert_array_equal(a["state"], b["state"])
+    from evo1_ros.data.images import decode_frame
+
+    for cam in CAMERAS:
+        for step in range(10):
+            frames = [decode_frame(d[f"frames.{cam}"][d[f"offsets.{cam}"][step]:d[f"offsets.{cam}"][step + 1]])
+                      for d in (a, b)]
+            assert np.abs(frames[0].astype(int) - frames[1].astype(int)).max() <= 8, (cam, step)
 
 
 def test_discard_removes_the_episode(tmp_path):

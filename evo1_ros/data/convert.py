@@ -1,5 +1,8 @@
 """`evo1-ros convert`: episode bags -> a training dataset and its normalisation stats.
 
+Cameras may be recorded raw (`sensor_msgs/Image`) or compressed (`sensor_msgs/CompressedImage`,
+JPEG/PNG, the recorder's `image_transport: compressed`); `evo1_ros.data.images` decodes both.
+
 Synchronisation. Every message gets a time: its header stamp, or the recorder's log time when the
 stamp is zero. Cameras and joint states are sampled on one grid at `--rate` Hz spanning the time all
 of them have data; at each step each stream contributes its latest sample, which must be at most
@@ -31,28 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from evo1_ros.data.frames import encode_frame
+from evo1_ros.data import images
 from evo1_ros.robot import topics
 from evo1_ros.robot.xarm6 import JOINT_STATE_NAMES
 
-CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 FORMAT_VERSION = 1
 
 
 class ConversionError(RuntimeError):
     pass
-
-
-def image_rgb(msg, where: str) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W, 3) uint8 RGB."""
-    if msg.encoding not in CHANNELS:
-        raise ConversionError(f"{where}: unsupported image encoding {msg.encoding!r}")
-    c = CHANNELS[msg.encoding]
-    rows = np.asarray(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * c]
-    img = rows.reshape(msg.height, msg.width, c)
-    if c == 1:
-        return np.repeat(img, 3, axis=2)
-    return img[..., 2::-1] if msg.encoding.startswith("bgr") else img[..., :3]
 
 
 def pick(names, values, where: str) -> np.ndarray:
@@ -100,8 +90,11 @@ def read_streams(bag_path: Path, layout: dict, image_size: int, need_command: bo
         msg = bag.decode(m.msgtype, m.raw)
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec or m.log_ns
         if m.topic in cameras:
-            value = cv2.resize(image_rgb(msg, where), (image_size, image_size),
-                               interpolation=cv2.INTER_AREA)
+            try:
+                rgb = images.to_rgb(msg)  # sensor_msgs/Image or CompressedImage
+            except images.ImageError as exc:
+                raise ConversionError(f"{where}: {exc}") from exc
+            value = cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
         elif m.topic == layout["joint_states"]:
             value = pick(msg.name, msg.position, where)
         elif msg.points:
@@ -177,7 +170,7 @@ def sync_episode(bag_path: Path, streams: dict, layout: dict, rate: float, max_a
 def write_episode(file: Path, episode: dict, codec: str) -> None:
     arrays = {k: episode[k] for k in ("state", "action", "timestamp")}
     for name, frames in episode["frames"].items():
-        encoded = [encode_frame(f, codec) for f in frames]
+        encoded = [images.encode_frame(f, codec) for f in frames]
         arrays[f"frames.{name}"] = np.concatenate(encoded)
         arrays[f"offsets.{name}"] = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
     np.savez(file, **arrays)

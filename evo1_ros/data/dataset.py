@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evo1_ros.data.frames import decode_frame
+from evo1_ros.data.images import decode_frame
 
 
 class Evo1Dataset(torch.utils.data.Dataset):

@@ -76,7 +76,7 @@ def features(meta: dict, video: bool) -> dict:
 def export(evo1_dir: Path, out: Path, repo_id: str, video: bool) -> dict:
     from ledataset.datasets.lerobot_dataset import LeRobotDataset
 
-    from evo1_ros.data.frames import decode_frame
+    from evo1_ros.data.images import decode_frame
 
     meta = json.loads((evo1_dir / "meta.json").read_text())
     fps = float(meta["fps"])

@@ -9,7 +9,8 @@ load never happens silently.
 (b) `load_internvl_backbone`: a local InternVL3-1B-hf directory initialises the VLM.
 (c) `import_reference`: the reference release (DeepSpeed `mp_rank_00_model_states.pt`, weights
     under "module", remote-code InternVL names, `config.json`, `norm_stats.json`).
-(d) `import_lerobot`: a LeRobot Evo-1 policy directory (`config.json` + `model.safetensors`).
+(d) `import_lerobot`: a LeRobot Evo-1 policy directory (`config.json` + `model.safetensors` + the
+    processor files holding its normalisation statistics).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from .config import Evo1Config, internvl3_1b_vlm
 from .evo1 import TIME_TABLE_ROWS, Evo1, sinusoidal_table
-from .processor import Evo1Processor, Normalizer
+from .processor import MODES, Evo1Processor, Normalizer
 from .tokenizer import load_tokenizer
 
 CONFIG, WEIGHTS, NORM_STATS, TOKENIZER = "config.json", "model.safetensors", "norm_stats.json", "tokenizer"
@@ -315,8 +316,62 @@ def import_lerobot(
     head, unknown = convert_head(head_sd, cfg, str(path / WEIGHTS))
     converted.update(head)
     model = _finish_import(cfg, converted, unknown + stray, str(path / WEIGHTS))
-    normalizer = Normalizer.load(path / NORM_STATS) if (path / NORM_STATS).is_file() else None
-    return model, Evo1Processor(cfg, load_tokenizer(tokenizer_dir), normalizer)
+    return model, Evo1Processor(cfg, load_tokenizer(tokenizer_dir), lerobot_normalizer(path, lr_config))
+
+
+# LeRobot's processor files (lerobot.processor.pipeline, 0.6.x): `<pipeline>.json` lists the steps;
+# a stateful step's tensors are in its "state_file", flat "<feature>.<stat>" keys, padded by Evo-1's
+# processor to max_state_dim / max_action_dim.
+_LEROBOT_PIPELINES = {"observation.state": ("policy_preprocessor.json", "normalizer_processor", "STATE"),
+                      "action": ("policy_postprocessor.json", "unnormalizer_processor", "ACTION")}
+_LEROBOT_MODES = {"MIN_MAX": "min_max", "MEAN_STD": "mean_std", "QUANTILES": "quantiles",
+                  "QUANTILE10": "quantile10", "IDENTITY": "identity"}
+_LEROBOT_FEATURES = {"observation.state": "input_features", "action": "output_features"}
+
+
+def lerobot_normalizer(path: str | Path, lr_config: dict) -> Normalizer:
+    """The state and action normalisation a LeRobot Evo-1 policy directory saved beside its weights
+    (its policy_preprocessor / policy_postprocessor files), cut to the robot's own dims; or an
+    error naming what is missing."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    stats = {}
+    for key, (pipeline_file, registry_name, feature_type) in _LEROBOT_PIPELINES.items():
+        where = path / pipeline_file
+        if not where.is_file():
+            raise CheckpointError(f"{path}: {pipeline_file} is missing: LeRobot saves it beside the weights "
+                                  f"(it holds the {key} normalisation); copy it and its *.safetensors state files "
+                                  "from the policy's training output")
+        steps = json.loads(where.read_text()).get("steps", [])
+        step = next((s for s in steps if s.get("registry_name") == registry_name), None)
+        if step is None:
+            raise CheckpointError(f"{where}: no {registry_name!r} step; this pipeline does not normalise {key}")
+        norm_map = step.get("config", {}).get("norm_map", {})
+        if feature_type not in norm_map:
+            raise CheckpointError(f"{where}: the {registry_name} step's norm_map has no {feature_type} entry")
+        mode = _LEROBOT_MODES.get(norm_map[feature_type])
+        if mode is None:
+            raise CheckpointError(f"{where}: normalisation mode {norm_map[feature_type]!r} for {key} is not supported "
+                                  f"(known: {sorted(_LEROBOT_MODES)})")
+        state_file = path / step.get("state_file", "")
+        if not step.get("state_file") or not state_file.is_file():
+            raise CheckpointError(f"{where}: the {registry_name} step's statistics file "
+                                  f"{step.get('state_file')!r} is missing from {path}")
+        tensors = load_file(str(state_file))
+        feature = lr_config.get(_LEROBOT_FEATURES[key], {}).get(key)
+        if not feature or not feature.get("shape"):
+            raise CheckpointError(f"{path / CONFIG}: {_LEROBOT_FEATURES[key]} has no {key!r} with a shape: "
+                                  "cannot tell the robot's own dims from the padding")
+        dim = int(feature["shape"][0])
+        entry = {name[len(key) + 1:]: tensors[name].float().flatten()[:dim].tolist()
+                 for name in tensors if name.startswith(key + ".") and name.count(".") == key.count(".") + 1}
+        missing = [f"{key}.{n}" for n in MODES[mode] if n not in entry]
+        if missing:
+            raise CheckpointError(f"{state_file}: lacks {missing}, needed by {norm_map[feature_type]} "
+                                  f"normalisation of {key} (has {sorted(tensors)})")
+        stats[key] = {"mode": mode, **{n: v for n, v in entry.items() if n in MODES[mode] or n in ("min", "max")}}
+    return Normalizer(robot=lr_config.get("robot", "lerobot"), mode=stats["observation.state"]["mode"], stats=stats)
 
 
 def load_internvl_backbone(model: Evo1, internvl_dir: str | Path) -> None:

@@ -1,4 +1,6 @@
-"""Evo1Config: every number that defines an Evo-1 model, and the named presets.
+"""Evo1Config: every number that defines an Evo-1 network, and the named presets. How a
+checkpoint is run (action rate, chunk execution, sampler noise, unit conventions) is not here: see
+`runtime/deployment.py`.
 
 The backbone is described by a `transformers.InternVLConfig` (stored as a dict so the config
 round-trips through JSON); the language model is built with `num_llm_layers` layers directly,
@@ -12,7 +14,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime.chunking import MODES
+# Keys older checkpoints' config.json carried that say how to run the model, not what it is: they
+# moved to the checkpoint's deployment settings (runtime/deployment.py).
+LEGACY_DEPLOYMENT_KEYS = ("action_rate_hz", "chunk_mode", "request_threshold", "noise_scale")
 
 # Placeholder tokens of the InternVL prompt format.
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -105,11 +109,6 @@ class Evo1Config:
     head_hidden: int = 1024  # hidden width of the output MLP
     state_hidden: int = 1024  # hidden width of the state MLP
     num_steps: int = 32  # Euler steps at inference
-    # The runtime's sampler starts from noise uniform in [-noise_scale, noise_scale]. 1 is the
-    # reference. 0 starts at the noise's mean and makes every chunk a deterministic function of
-    # the observation: right for a checkpoint that learned the conditional mean of a unimodal
-    # expert but not yet to undo the noise (see models/README.md), and repeatable on a robot.
-    noise_scale: float = 1.0
     # "mask": padded and absent-view tokens are dropped from the head's keys (LeRobot port).
     # "reference": they enter as zero rows padded to max_text_length, which is what the
     # flash-attention-trained reference checkpoints saw.
@@ -119,15 +118,6 @@ class Evo1Config:
     state_pad_value: float = 0.0
     max_text_length: int = 1024
     attn_implementation: str = "sdpa"
-    # Rate (Hz) of the actions in a chunk, i.e. of the data it was trained on; the inference node
-    # executes one action per control tick, so it runs at this rate. 0 = unknown.
-    action_rate_hz: float = 0.0
-    # How the inference node should execute this checkpoint's chunks when its parameters leave it
-    # open (runtime.chunking: mode, and the fraction of a chunk left when the next is asked for);
-    # None: the node's defaults. The checkpoint is where it was measured: a small policy trained
-    # on few demos may work only with whole chunks played open loop (models/README.md).
-    chunk_mode: str | None = None
-    request_threshold: float | None = None
 
     def __post_init__(self):
         text = self.vlm["text_config"]
@@ -139,12 +129,6 @@ class Evo1Config:
             raise ValueError(f"head_width {self.head_width} not divisible by head_heads {self.head_heads}")
         if self.context_padding not in ("mask", "reference"):
             raise ValueError(f"context_padding must be 'mask' or 'reference', got {self.context_padding!r}")
-        if not 0.0 <= self.noise_scale <= 1.0:
-            raise ValueError(f"noise_scale must be in [0, 1], got {self.noise_scale}")
-        if self.chunk_mode is not None and self.chunk_mode not in MODES:
-            raise ValueError(f"chunk_mode must be one of {MODES} or null, got {self.chunk_mode!r}")
-        if self.request_threshold is not None and not 0.0 <= self.request_threshold <= 1.0:
-            raise ValueError(f"request_threshold must be in [0, 1] or null, got {self.request_threshold}")
         if not 1 <= self.max_views <= 3:
             raise ValueError(f"max_views must be 1..3, got {self.max_views}")
 
@@ -174,7 +158,9 @@ class Evo1Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Evo1Config":
-        d = {k: v for k, v in d.items() if k != "model_type"}
+        # Deployment settings older checkpoints kept here belong to the runtime now
+        # (runtime/deployment.py reads them, with a warning); the network does not depend on them.
+        d = {k: v for k, v in d.items() if k != "model_type" and k not in LEGACY_DEPLOYMENT_KEYS}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -67,53 +67,84 @@ def images_to_pixels(frames: Sequence[np.ndarray | None], cfg: Evo1Config) -> tu
     return pixels.unsqueeze(0), mask.unsqueeze(0)
 
 
+# Normalisation modes: "bounds" is the reference's (clipped to [-1, 1]); the others are LeRobot's
+# (NormalizationMode MIN_MAX, MEAN_STD, QUANTILES, QUANTILE10, IDENTITY), computed as LeRobot does.
+# mode -> the statistics it needs.
+MODES = {"bounds": ("min", "max"), "min_max": ("min", "max"), "mean_std": ("mean", "std"),
+         "quantiles": ("q01", "q99"), "quantile10": ("q10", "q90"), "identity": ()}
+KEYS = ("observation.state", "action")
+
+
 @dataclass
 class Normalizer:
     """Per-dim statistics of one robot's state and action (valid dims only, e.g. 7 for xArm6).
 
-    mode "bounds": x -> 2 (x - min) / (max - min) - 1, clipped to [-1, 1];
-    mode "mean_std": x -> (x - mean) / std.
+    `mode` applies to both keys unless a key's stats carry a "mode" of their own (LeRobot may
+    normalise state and action differently):
+    "bounds": x -> 2 (x - min) / (max - min + eps) - 1, clipped to [-1, 1] (the reference);
+    "min_max" / "quantiles" / "quantile10": x -> 2 (x - lo) / (hi - lo) - 1 with lo, hi = min, max /
+    q01, q99 / q10, q90 and eps for a zero range, not clipped (LeRobot);
+    "mean_std": x -> (x - mean) / (std + eps); "identity": x.
     """
 
     robot: str
     mode: str
-    stats: dict  # {"observation.state": {"min": [...], ...}, "action": {...}}
+    stats: dict  # {"observation.state": {"min": [...], ..., optional "mode"}, "action": {...}}
 
     def __post_init__(self):
-        if self.mode not in ("bounds", "mean_std"):
-            raise ValueError(f"normalisation mode must be 'bounds' or 'mean_std', got {self.mode!r}")
-        for key in ("observation.state", "action"):
+        for key in KEYS:
             if key not in self.stats:
                 raise ValueError(f"norm stats for {self.robot!r} lack {key!r}")
-            need = ("min", "max") if self.mode == "bounds" else ("mean", "std")
-            missing = [n for n in need if n not in self.stats[key]]
+            mode = self.mode_of(key)
+            if mode not in MODES:
+                raise ValueError(f"normalisation mode must be one of {sorted(MODES)}, got {mode!r} for {key}")
+            missing = [n for n in MODES[mode] if n not in self.stats[key]]
             if missing:
-                raise ValueError(f"norm stats {self.robot!r}/{key} lack {missing} needed by mode {self.mode!r}")
+                raise ValueError(f"norm stats {self.robot!r}/{key} lack {missing} needed by mode {mode!r}")
+            if not any(isinstance(v, list) for v in self.stats[key].values()):
+                raise ValueError(f"norm stats {self.robot!r}/{key} hold no per-dim statistics")
+
+    def mode_of(self, key: str) -> str:
+        return self.stats[key].get("mode", self.mode)
 
     def _get(self, key: str, name: str) -> np.ndarray:
         return np.asarray(self.stats[key][name], dtype=np.float64)
 
+    def _dim(self, key: str) -> int:
+        return len(next(v for v in self.stats[key].values() if isinstance(v, list)))
+
     @property
     def state_dim(self) -> int:
-        return len(self.stats["observation.state"]["min" if self.mode == "bounds" else "mean"])
+        return self._dim("observation.state")
 
     @property
     def action_dim(self) -> int:
-        return len(self.stats["action"]["min" if self.mode == "bounds" else "mean"])
+        return self._dim("action")
+
+    def _range(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = (self._get(key, name) for name in MODES[self.mode_of(key)])
+        if self.mode_of(key) == "bounds":
+            return lo, hi - lo + EPS
+        return lo, np.where(hi - lo == 0, EPS, hi - lo)
 
     def normalize(self, key: str, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if self.mode == "bounds":
-            lo, hi = self._get(key, "min"), self._get(key, "max")
-            return np.clip(2.0 * (x - lo) / (hi - lo + EPS) - 1.0, -1.0, 1.0)
-        return (x - self._get(key, "mean")) / (self._get(key, "std") + EPS)
+        x, mode = np.asarray(x, dtype=np.float64), self.mode_of(key)
+        if mode == "identity":
+            return x
+        if mode == "mean_std":
+            return (x - self._get(key, "mean")) / (self._get(key, "std") + EPS)
+        lo, span = self._range(key)
+        y = 2.0 * (x - lo) / span - 1.0
+        return np.clip(y, -1.0, 1.0) if mode == "bounds" else y
 
     def denormalize(self, key: str, y: np.ndarray) -> np.ndarray:
-        y = np.asarray(y, dtype=np.float64)
-        if self.mode == "bounds":
-            lo, hi = self._get(key, "min"), self._get(key, "max")
-            return (y + 1.0) / 2.0 * (hi - lo + EPS) + lo
-        return y * (self._get(key, "std") + EPS) + self._get(key, "mean")
+        y, mode = np.asarray(y, dtype=np.float64), self.mode_of(key)
+        if mode == "identity":
+            return y
+        if mode == "mean_std":
+            return y * self._get(key, "std") + self._get(key, "mean")
+        lo, span = self._range(key)
+        return (y + 1.0) / 2.0 * span + lo
 
     def to_json(self) -> dict:
         # Same layout as the reference norm_stats.json (one robot key) plus our "mode".

@@ -1,14 +1,15 @@
 """Inference node: camera images + joint states in, xArm6 joint trajectories out.
 
 The control timer owns the plan (`ChunkScheduler`) and publishes the upcoming targets every tick;
-the policy runs on a worker thread, so a slow chunk never delays a tick. Subscriptions only
-validate and store the latest message; decoding happens on the worker. An observation is the
-newest frame of each view plus the joint state at the frames' capture stamp (camera pipelines
-deliver tens of ms late; demos pair frame and state of one instant), and its chunk is timed from
-that stamp.
+the policy runs on a supervised worker thread, so a slow chunk never delays a tick and a failing
+one is reported (log + /diagnostics ERROR) while the next is tried. Subscriptions only validate and
+hand the latest message to the ROS-free `ObservationSync` (runtime/observation.py: freshness, the
+joint state at the frames' capture stamp, the resume gate); decoding happens on the worker. Every
+input is checked where it arrives and a malformed one is refused in words, the node keeps going.
 
-Topics in: `camera_topics` (sensor_msgs/Image rgb8/bgr8, one per view slot), `joint_state_topic`
-(sensor_msgs/JointState), `~/instruction` (std_msgs/String). Out: `trajectory_topic`
+Topics in: `camera_topics` (one per view slot: sensor_msgs/Image rgb8/bgr8, or with
+`image_transport: compressed` sensor_msgs/CompressedImage JPEG/PNG on `<topic>/compressed`),
+`joint_state_topic` (sensor_msgs/JointState), `~/instruction` (std_msgs/String). Out: `trajectory_topic`
 (trajectory_msgs/JointTrajectory: header.stamp = tick time, every planned step ahead; or
 FollowJointTrajectory goals, one per new chunk), `~/predicted_joint_states` (JointState, the
 newest chunk's final pose: a ghost arm), `~/predicted_path` (Marker LINE_STRIP of its TCP path in
@@ -22,7 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -30,7 +31,7 @@ from geometry_msgs.msg import Point
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -41,6 +42,7 @@ from evo1_ros.nodes.messages import (MessageError, check_color_image, image_to_r
 from evo1_ros.robot import topics
 from evo1_ros.robot.xarm6 import JOINT_NAMES, JOINT_STATE_NAMES, NUM_JOINTS, tcp_positions
 from evo1_ros.runtime.chunking import MODES, ChunkScheduler
+from evo1_ros.runtime.observation import ObservationSync
 from evo1_ros.runtime.policy import ChunkPolicy
 from evo1_ros.nodes.spin import run_nodes
 
@@ -51,13 +53,15 @@ PARAMETERS = {
     "instruction": ("", "language instruction; change at run time on ~/instruction"),
     "camera_topics": ([topics.camera_topic("base"), topics.camera_topic("wrist")],
                       "image topics, in the policy's view-slot order"),
+    "image_transport": ("raw", "raw: sensor_msgs/Image on each camera topic; compressed: "
+                               "sensor_msgs/CompressedImage (JPEG or PNG) on <topic>/compressed"),
     "joint_state_topic": (topics.JOINT_STATES, "sensor_msgs/JointState with joint1..joint6 + drive_joint"),
     "control_rate_hz": (0.0, "publish rate of trajectory windows, one chunk action per tick; 0 = the rate "
                              f"the checkpoint was trained at ({DEFAULT_RATE_HZ:.0f} Hz if it does not say)"),
     "chunk_mode": ("", f"how overlapping chunks combine: {', '.join(MODES)}; empty = the checkpoint's own "
-                       f"(chunk_mode in its config.json), else {DEFAULT_CHUNK_MODE}"),
+                       f"(chunk_mode in its deployment.json), else {DEFAULT_CHUNK_MODE}"),
     "request_threshold": (-1.0, "ask for the next chunk once this fraction of a chunk is left; negative = the "
-                                f"checkpoint's own (request_threshold in its config.json), else "
+                                f"checkpoint's own (request_threshold in its deployment.json), else "
                                 f"{DEFAULT_REQUEST_THRESHOLD}"),
     "ensemble_decay": (0.01, "m in the temporal-ensemble weights exp(-m i)"),
     "device": ("cpu", "torch device for the policy"),
@@ -67,8 +71,10 @@ PARAMETERS = {
                              "chunk of each instruction waits for the compile, ~1 min for evo1-0.77b)"),
     "onnx_dir": ("", "action-head ONNX graphs for backend onnx (evo1-ros export-onnx); empty: CHECKPOINT/onnx"),
     "noise_scale": (-1.0, "spread of the sampler's starting noise, 0..1 (0 = deterministic chunks); "
-                          "negative = the checkpoint's own (noise_scale in its config.json)"),
+                          "negative = the checkpoint's own (noise_scale in its deployment.json)"),
     "max_observation_age_ms": (200.0, "older images or joint states start no new chunk"),
+    "first_action_tolerance_rad": (0.35, "warn when a chunk's first action is further than this from the measured "
+                                         "arm on any joint (the checkpoint's declared units are the usual cause)"),
     "sync_state_to_images": (True, "pair the images with the joint state of their capture stamp (interpolated) "
                                    "and time the chunk from that moment, as in the recorded demos; false: the "
                                    "newest of each, timed from the request. Needs camera and joint stamps on "
@@ -79,7 +85,8 @@ PARAMETERS = {
                                        "xarm_ros2 ros2_control action (joint1..joint6 only)"),
 }
 LOG_EVERY_S = 2.0
-STATE_HISTORY_S = 2.0
+MAX_INSTRUCTION_CHARS = 4096  # far more than any prompt holds; longer ones are refused before tokenizing
+IMAGE_TRANSPORTS = {"raw": (Image, ""), "compressed": (CompressedImage, "/compressed")}
 
 
 class InferenceNode(Node):
@@ -95,8 +102,19 @@ class InferenceNode(Node):
         if not 1 <= self.policy.action_dim <= NUM_JOINTS + 1:
             raise ValueError(f"policy action_dim {self.policy.action_dim}: the xArm6 has 6 joints + gripper")
         self.joint_names = JOINT_STATE_NAMES[: self.policy.action_dim]
+        if p["image_transport"] not in IMAGE_TRANSPORTS:
+            raise ValueError(f"image_transport must be one of {list(IMAGE_TRANSPORTS)}, got {p['image_transport']!r}")
+        image_type, suffix = IMAGE_TRANSPORTS[p["image_transport"]]
+        if image_type is CompressedImage:
+            try:
+                import cv2  # noqa: F401 - decodes the JPEG/PNG frames on the worker
+            except ImportError as e:
+                raise RuntimeError("image_transport compressed needs OpenCV: pip install opencv-python-headless "
+                                   "(or apt install python3-opencv)") from e
+        self.image_topics = [topic + suffix for topic in self.camera_topics]
         self.instruction = p["instruction"]
         self.max_age = p["max_observation_age_ms"] / 1000.0
+        self.first_action_tolerance = p["first_action_tolerance_rad"]
         rate = p["control_rate_hz"] or self.policy.action_rate_hz or DEFAULT_RATE_HZ
         if self.policy.action_rate_hz and abs(rate - self.policy.action_rate_hz) > 1e-6:
             self.get_logger().warning(f"control_rate_hz {rate} differs from the {self.policy.action_rate_hz} Hz the "
@@ -109,18 +127,12 @@ class InferenceNode(Node):
             threshold = getattr(self.policy, "request_threshold", None)
             threshold = DEFAULT_REQUEST_THRESHOLD if threshold is None else threshold
         self.scheduler = ChunkScheduler(self.dt, self.policy.chunk_length, mode, threshold, p["ensemble_decay"])
+        self._check_views()
 
-        # Latest (message, receive time, capture time) per view slot and (positions, receive time) of
-        # the arm. Capture time: the header stamp, or the receive time for an unstamped message.
-        self._images: list[tuple[Image, float, float] | None] = [None] * len(self.camera_topics)
-        self._state: tuple[np.ndarray, float] | None = None
-        # (stamp, positions) of the last STATE_HISTORY_S of joint states, to look up the arm at the
-        # moment the cameras captured (frames reach us tens of ms after the joint state of their instant).
-        self.sync_to_images = p["sync_state_to_images"]
-        self._state_history: deque[tuple[float, np.ndarray]] = deque()
+        # Newest frame per view and the joint-state history, paired into observations (ROS-free).
+        self.sync = ObservationSync(self.image_topics, self.max_age, p["sync_state_to_images"])
         self._paused = False
         self._generation = 0  # bumped by pause/resume: results of older requests are dropped
-        self._resumed_at = -math.inf  # frames captured before it show a scene that may have changed
         self._pending = False  # a request is out and its result not yet taken by the timer
         # At most one request is out at a time (`_pending`), so neither queue holds more than one item.
         self._requests: queue.Queue = queue.Queue()
@@ -131,15 +143,19 @@ class InferenceNode(Node):
         self._ticks: deque[float] = deque(maxlen=int(2 * rate) + 1)
         self._chunk_obs_time: float | None = None
         self._problem = ""
+        self._error = ""  # why the last chunk failed; cleared by the next good one
+        self._far_first_action = ""  # the last chunk started far from the arm (see first_action_tolerance_rad)
         self._last_log: dict[str, float] = {}
 
         # Inputs: only the newest sample matters, so sensor-data QoS (best effort, shallow); it also
-        # accepts reliable publishers such as xarm_ros2's joint_states.
-        for slot, topic in enumerate(self.camera_topics):
-            self.create_subscription(Image, topic, lambda msg, s=slot: self._on_image(s, msg),
-                                     qos_profile_sensor_data)
-        self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, qos_profile_sensor_data)
-        self.create_subscription(String, "~/instruction", self._on_instruction, 10)
+        # accepts reliable publishers such as xarm_ros2's joint_states. Every callback is guarded:
+        # whatever a message holds, it is refused in words and the node keeps running.
+        for slot, topic in enumerate(self.image_topics):
+            self.create_subscription(image_type, topic, self._guarded(lambda msg, s=slot: self._on_image(s, msg),
+                                                                      f"image on {topic}"), qos_profile_sensor_data)
+        self.create_subscription(JointState, p["joint_state_topic"], self._guarded(self._on_joint_state, "joint state"),
+                                 qos_profile_sensor_data)
+        self.create_subscription(String, "~/instruction", self._guarded(self._on_instruction, "instruction"), 10)
         self.create_service(Trigger, "~/pause", self._on_pause)
         self.create_service(Trigger, "~/resume", self._on_resume)
 
@@ -155,15 +171,17 @@ class InferenceNode(Node):
         self._path_pub = self.create_publisher(Marker, "~/predicted_path", 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        self._worker = threading.Thread(target=self._work, name="evo1_inference", daemon=True)
-        self._worker.start()
+        self._stopping = False
+        self._worker = self._start_worker()
         # Every callback here only stores or publishes: inference runs on the worker thread, so the
         # control timer never waits long behind an image (see nodes/spin.py on executors).
         self.create_timer(self.dt, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
+        conventions = getattr(self.policy, "conventions", None)
         self.get_logger().info(
             f"{self.policy.chunk_length}-step chunks, mode {mode}, request threshold {threshold}, {rate} Hz, "
-            f"views {self.camera_topics}, instruction {self.instruction!r}")
+            f"views {self.image_topics} ({p['image_transport']}), instruction {self.instruction!r}"
+            + (f"; checkpoint conventions: {conventions.describe()}" if conventions else ""))
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -190,56 +208,90 @@ class InferenceNode(Node):
         self._follow_goal = FollowJointTrajectory.Goal
         return ActionClient(self, FollowJointTrajectory, action_name)
 
+    def _check_views(self) -> None:
+        """The checkpoint's view names (if it declares them) against the camera topics."""
+        conventions = getattr(self.policy, "conventions", None)
+        views = list(conventions.views) if conventions else []
+        if views and len(views) != len(self.camera_topics):
+            self.get_logger().warning(f"the checkpoint was trained with views {views} in this slot order, but "
+                                      f"{len(self.camera_topics)} camera_topics are set: {self.camera_topics}")
+        for slot, (view, topic) in enumerate(zip(views, self.camera_topics)):
+            if view not in topic:
+                self.get_logger().warning(f"view slot {slot} is {view!r} for the checkpoint but camera topic "
+                                          f"{topic!r} does not name it: check the slot order of camera_topics")
+
     # --- inputs --------------------------------------------------------------------------------
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _complain(self, text: str, level: str = "warn") -> None:
-        """Log each distinct text at most every LOG_EVERY_S; the newest also goes to /diagnostics."""
-        self._problem = text
-        now = time.monotonic()
-        if now - self._last_log.get(text, -math.inf) >= LOG_EVERY_S:
-            self._last_log[text] = now
-            getattr(self.get_logger(), level)(text)
+    def _log(self, level: str, text: str) -> None:
+        """Log, whatever happens: rclpy refuses a change of severity at one call site (it raised inside
+        the worker's error handler once), so each severity has its own call below, and a logging
+        failure is swallowed rather than allowed to take a thread down."""
+        try:
+            logger = self.get_logger()
+            if level == "error":
+                logger.error(text)
+            elif level == "warn":
+                logger.warning(text)
+            else:
+                logger.info(text)
+        except Exception:  # noqa: BLE001 - nothing may escape the logger
+            pass
 
-    def _on_image(self, slot: int, msg: Image) -> None:
+    def _complain(self, text: str, level: str = "warn", key: str | None = None) -> None:
+        """Log each distinct problem (`key`, default the text) at most every LOG_EVERY_S; the newest also
+        goes to /diagnostics."""
+        self._problem = text
+        now, key = time.monotonic(), key or text
+        if now - self._last_log.get(key, -math.inf) >= LOG_EVERY_S:
+            self._last_log[key] = now
+            self._log(level, text)
+
+    def _guarded(self, callback: Callable, what: str) -> Callable:
+        """`callback`, with any exception it raises reported and swallowed: an executor callback that
+        raises would stop the node's spin."""
+        def guarded(msg):
+            try:
+                callback(msg)
+            except Exception as e:  # noqa: BLE001 - a message must never take the node down
+                self._complain(f"ignoring {what}: {type(e).__name__}: {e}", key=f"guard {what}")
+        return guarded
+
+    def _on_image(self, slot: int, msg: Image | CompressedImage) -> None:
         try:
             check_color_image(msg)
         except MessageError as e:
-            self._complain(f"ignoring image on {self.camera_topics[slot]}: {e}")
+            self._complain(f"ignoring image on {self.image_topics[slot]}: {e}")
             return
-        now = self._now()
-        taken = stamp_seconds(msg.header.stamp) or now
-        if not self._before_resume(taken):
-            self._images[slot] = (msg, now, taken)
+        self.sync.add_image(slot, msg, stamp_seconds(msg.header.stamp) or None, self._now())
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            positions, now = joint_positions(msg, self.joint_names), self._now()
+            positions = joint_positions(msg, self.joint_names)
         except MessageError as e:
             self._complain(f"ignoring joint state: {e}")
             return
-        taken = stamp_seconds(msg.header.stamp) or now
-        if self._before_resume(taken):
-            return
-        self._state = (positions, now)
-        history = self._state_history
-        if history and taken < history[-1][0]:  # a restarted driver or a clock jump: start over
-            history.clear()
-        history.append((taken, positions))
-        while history[0][0] < taken - STATE_HISTORY_S:
-            history.popleft()
+        self.sync.add_state(positions, stamp_seconds(msg.header.stamp) or None, self._now())
 
-    def _before_resume(self, taken: float) -> bool:
-        """True for a message taken (stamped) shortly before the last resume and delivered after it:
-        a frame in flight shows the scene from before (in the sim: the previous episode). A stamp far
-        from the resume is another clock's; such a message counts from its arrival."""
-        return self._resumed_at - self.max_age <= taken < self._resumed_at
+    def instruction_problem(self, text: str) -> str | None:
+        """Why `text` cannot be the instruction, or None."""
+        if not text.strip():
+            return "empty instruction"
+        if len(text) > MAX_INSTRUCTION_CHARS:
+            return f"instruction of {len(text)} characters, at most {MAX_INSTRUCTION_CHARS}"
+        check = getattr(self.policy, "instruction_problem", None)
+        return check(text) if check is not None else None
 
     def _on_instruction(self, msg: String) -> None:
+        problem = self.instruction_problem(msg.data)
+        if problem is not None:
+            preview = msg.data[:60] + ("..." if len(msg.data) > 60 else "")
+            self._complain(f"instruction {preview!r} refused ({problem}); keeping {self.instruction!r}")
+            return
         self.instruction = msg.data
-        self.get_logger().info(f"instruction: {msg.data!r}")
+        self._log("info", f"instruction: {msg.data!r}")
 
     def _on_pause(self, request, response):
         self._paused, self._generation = True, self._generation + 1
@@ -250,24 +302,9 @@ class InferenceNode(Node):
         self._paused, self._generation = False, self._generation + 1
         # The next chunk starts from inputs taken after this moment, never from what the cameras
         # and joints showed before (the world may have been reset or rearranged meanwhile).
-        self._resumed_at = self._now()
-        self._images = [None] * len(self.camera_topics)
-        self._state = None
-        self._state_history.clear()
+        self.sync.resume(self._now())
         response.success, response.message = True, "resumed: next targets follow a chunk from fresh inputs"
         return response
-
-    def _observation_problem(self, now: float) -> str | None:
-        """Why the latest observation cannot start a chunk now, or None if it can."""
-        entries = zip(self.camera_topics + ["joint states"], self._images + [self._state])
-        inputs = [(name, None if entry is None else entry[1]) for name, entry in entries]
-        missing = [name for name, stamp in inputs if stamp is None]
-        if missing:
-            return f"waiting for {missing}"
-        stale = [name for name, stamp in inputs if now - stamp > self.max_age]
-        if stale:
-            return f"stale observation: nothing new on {stale} for {1000 * self.max_age:.0f} ms"
-        return None
 
     # --- control loop --------------------------------------------------------------------------
 
@@ -292,32 +329,16 @@ class InferenceNode(Node):
 
     def _request(self, now: float) -> str | None:
         """Hand the latest observation to the worker; or say why it cannot start a chunk."""
-        problem = self._observation_problem(now)
+        problem = self.sync.problem(now)
         if problem is not None:
             return problem
-        images = [entry[0] for entry in self._images] + [None] * (self.policy.num_views - len(self._images))
-        # The chunk's first action belongs to the moment the observation shows.
-        obs_time, state = self._observed_moment(now)
-        self._requests.put_nowait((images, state, self.instruction, obs_time, self._generation))
+        obs = self.sync.observation(now)  # the chunk's first action belongs to the moment it shows
+        if obs.note:
+            self._complain(obs.note)
+        images = obs.images + [None] * (self.policy.num_views - len(obs.images))
+        self._requests.put_nowait((images, obs.state, self.instruction, obs.time, self._generation))
         self._pending = True
         return None
-
-    def _observed_moment(self, now: float) -> tuple[float, np.ndarray]:
-        """(time, arm positions) of the observation: with `sync_state_to_images`, the oldest view's
-        capture stamp and the joint state interpolated there, so frame and state show one instant (a
-        state newer than its frame is a pairing the policy never saw in training); else (now, newest)."""
-        newest = self._state[0].copy()
-        if not self.sync_to_images:
-            return now, newest
-        moment = min(taken for _, _, taken in self._images)
-        stamps = np.array([stamp for stamp, _ in self._state_history])
-        if not stamps[0] - self.max_age <= moment <= now + self.max_age:
-            self._complain(f"camera stamps are {now - moment:+.3f} s from now, outside the joint-state history: "
-                           "cameras and joints are not stamped on one clock; using the newest state as of now")
-            return now, newest
-        positions = np.array([q for _, q in self._state_history])
-        state = np.array([np.interp(moment, stamps, positions[:, j]) for j in range(positions.shape[1])])
-        return min(moment, now), state
 
     def _take_result(self, now: float) -> None:
         try:
@@ -355,24 +376,60 @@ class InferenceNode(Node):
 
     # --- inference worker ----------------------------------------------------------------------
 
+    def _start_worker(self) -> threading.Thread:
+        worker = threading.Thread(target=self._work, name="evo1_inference", daemon=True)
+        worker.start()
+        return worker
+
     def _work(self) -> None:
+        """Supervised: whatever one chunk raises is reported and the next request is served."""
         while (request := self._requests.get()) is not None:
             image_msgs, state, instruction, obs_time, generation = request
-            start = time.perf_counter()
+            chunk = None
             try:
-                images = [None if msg is None else image_to_rgb(msg) for msg in image_msgs]
-                chunk = np.asarray(self.policy.predict_chunk(images, state, instruction), dtype=float)
-                expected = (self.policy.chunk_length, self.policy.action_dim)
-                if chunk.shape != expected or not np.isfinite(chunk).all():
-                    raise ValueError(f"policy returned shape {chunk.shape} (expected {expected}) "
-                                     f"or non-finite values; chunk dropped")
-            except Exception as e:  # a failing policy must not take the node down
-                self._complain(f"inference failed: {type(e).__name__}: {e}", "error")
-                self._results.put((None, obs_time, generation))
+                chunk = self._infer(image_msgs, state, instruction)
+            except Exception as e:  # noqa: BLE001 - a failing chunk must not take the worker down
+                self._error = f"inference failed: {type(e).__name__}: {e}"
+                self._complain(self._error, "error", key="inference failed")
+            finally:
+                self._results.put((chunk, obs_time, generation))
+            if chunk is None:
                 continue
-            self._latencies.append(time.perf_counter() - start)
-            self._results.put((chunk, obs_time, generation))
-            self._publish_preview(chunk)
+            try:
+                self._check_first_action(chunk, state)
+                self._publish_preview(chunk)
+            except Exception as e:  # noqa: BLE001
+                self._complain(f"preview not published: {type(e).__name__}: {e}", key="preview")
+
+    def _infer(self, image_msgs, state: np.ndarray, instruction: str) -> np.ndarray:
+        start = time.perf_counter()
+        images = [None if msg is None else image_to_rgb(msg) for msg in image_msgs]
+        chunk = np.asarray(self.policy.predict_chunk(images, state, instruction), dtype=float)
+        expected = (self.policy.chunk_length, self.policy.action_dim)
+        if chunk.shape != expected or not np.isfinite(chunk).all():
+            raise ValueError(f"policy returned shape {chunk.shape} (expected {expected}) "
+                             f"or non-finite values; chunk dropped")
+        self._latencies.append(time.perf_counter() - start)
+        self._error = ""
+        return chunk
+
+    def _check_first_action(self, chunk: np.ndarray, state: np.ndarray) -> None:
+        """Warn when the chunk starts far from the arm: a policy fed the wrong units (degrees read as
+        radians) asks for a leap at once. The driver ramps to a far first target; this says why."""
+        joints = min(NUM_JOINTS, chunk.shape[1], len(state))
+        gap = np.abs(chunk[0, :joints] - state[:joints])
+        worst = int(np.argmax(gap))
+        if gap[worst] <= self.first_action_tolerance:
+            self._far_first_action = ""
+            return
+        conventions = getattr(self.policy, "conventions", None)
+        declared = conventions.describe() if conventions else "not declared by this policy"
+        self._far_first_action = (
+            f"the chunk's first action is {gap[worst]:.2f} rad from the measured arm on {JOINT_NAMES[worst]} "
+            f"(tolerance {self.first_action_tolerance:.2f} rad): check the checkpoint's declared units first "
+            f"(deployment.json conventions: {declared}); a checkpoint trained in degrees or SDK gripper units "
+            "but declared in radians moves the arm like this")
+        self._complain(self._far_first_action, key="first action far")
 
     def _publish_preview(self, chunk: np.ndarray) -> None:
         """Ghost arm at the chunk's final pose, and its TCP path, for rviz."""
@@ -406,17 +463,30 @@ class InferenceNode(Node):
             "paused": str(self._paused),
             "instruction": self.instruction,
             "last_problem": self._problem,
+            "last_error": self._error,
+            "first_action_warning": self._far_first_action,
         }
+        if not self._worker.is_alive() and not self._stopping:  # never silent, and never left dead
+            self._error = "the inference worker thread had stopped; restarted"
+            self._log("error", self._error)
+            self._pending = False  # its request died with it
+            self._worker = self._start_worker()
         healthy = not self._paused and self.scheduler.remaining(now) > 0
-        status = DiagnosticStatus(name="evo1_inference: policy", hardware_id="xarm6",
-                                  level=DiagnosticStatus.OK if healthy else DiagnosticStatus.WARN,
-                                  message="running" if healthy else ("paused" if self._paused else self._problem),
+        if self._error:
+            level, message = DiagnosticStatus.ERROR, self._error
+        elif healthy and not self._far_first_action:
+            level, message = DiagnosticStatus.OK, "running"
+        else:
+            level = DiagnosticStatus.WARN
+            message = "paused" if self._paused else (self._far_first_action or self._problem)
+        status = DiagnosticStatus(name="evo1_inference: policy", hardware_id="xarm6", level=level, message=message,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = to_time(now)
         self._diag_pub.publish(msg)
 
     def destroy_node(self):
+        self._stopping = True
         self._requests.put(None)
         self._worker.join(timeout=5.0)
         return super().destroy_node()

@@ -1,7 +1,8 @@
 """ROS message <-> numpy conversions the nodes share, with the validation ROS itself does not do.
 
 There is no ROS 2 cv_bridge on PyPI, and a malformed message from another process must never
-crash a node: every reader here raises `MessageError` with a sentence a user can act on.
+crash a node: every reader here raises `MessageError` with a sentence a user can act on. Image
+decoding itself lives in the ROS-free `evo1_ros.data.images`, shared with `evo1-ros convert`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 
-COLOR_ENCODINGS = ("rgb8", "bgr8")
+from evo1_ros.data import images
+from evo1_ros.data.images import COLOR_ENCODINGS
 
 
 class MessageError(ValueError):
@@ -33,24 +35,36 @@ def stamp_seconds(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-def check_color_image(msg: Image) -> None:
-    """Raise MessageError unless `msg` is an 8-bit 3-channel image whose step and size agree."""
-    if msg.encoding not in COLOR_ENCODINGS:
-        raise MessageError(f"encoding {msg.encoding!r} is not one of {COLOR_ENCODINGS}")
-    if msg.width == 0 or msg.height == 0:
-        raise MessageError(f"empty image {msg.width}x{msg.height}")
-    if msg.step < 3 * msg.width:  # rows may be padded, never short
-        raise MessageError(f"step {msg.step} is less than 3 * width = {3 * msg.width}")
-    if len(msg.data) != msg.step * msg.height:
-        raise MessageError(f"data has {len(msg.data)} bytes, step * height = {msg.step * msg.height}")
+def check_color_image(msg: Image | CompressedImage) -> None:
+    """Raise MessageError unless `msg` is a usable colour image: an 8-bit 3-channel Image whose step
+    and size agree, or a CompressedImage holding JPEG or PNG data (checked by its signature; the
+    decoding itself happens where the image is used)."""
+    try:
+        if images.is_compressed(msg):
+            images.compressed_codec(msg)
+        else:
+            images.check_raw(msg, COLOR_ENCODINGS)
+    except images.ImageError as e:
+        raise MessageError(str(e)) from e
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """(height, width, 3) uint8 RGB copy of a rgb8/bgr8 image."""
-    check_color_image(msg)
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-    pixels = rows[:, : 3 * msg.width].reshape(msg.height, msg.width, 3)
-    return np.ascontiguousarray(pixels[..., ::-1] if msg.encoding == "bgr8" else pixels)
+def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """(height, width, 3) uint8 RGB copy of a rgb8/bgr8 Image or a JPEG/PNG CompressedImage."""
+    try:
+        return images.to_rgb(msg, COLOR_ENCODINGS)
+    except images.ImageError as e:
+        raise MessageError(str(e)) from e
+
+
+def array_to_compressed(pixels: np.ndarray, codec: str = "jpeg", stamp: Time | None = None,
+                        frame_id: str = "") -> CompressedImage:
+    """CompressedImage (image_transport's layout: format "rgb8; <codec> compressed bgr8") of an RGB array."""
+    msg = CompressedImage(format=f"rgb8; {codec} compressed bgr8")
+    msg.data = images.encode_frame(np.asarray(pixels, np.uint8), codec).tobytes()
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    return msg
 
 
 def array_to_image(pixels: np.ndarray, encoding: str = "rgb8", stamp: Time | None = None,

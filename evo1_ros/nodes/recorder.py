@@ -6,7 +6,8 @@ this node's clock, so sim time under `use_sim_time`).
 
 Services (std_srvs/Trigger): ~/start, ~/stop_success, ~/stop_fail, ~/discard. Parameters: see
 PARAMETERS (`ros2 param describe recorder <name>`); an operator sets `instruction` and
-`operator_note` before each ~/start, and the episode keeps them.
+`operator_note` before each ~/start, and the episode keeps them. With `image_transport` compressed
+it records `<topic>/compressed` (sensor_msgs/CompressedImage), e.g. cameras on another machine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -29,12 +30,17 @@ from evo1_ros.robot import topics
 # Best effort accepts both reliable and best-effort publishers (a reliable subscriber would get
 # nothing from a best-effort one); the depth absorbs bursts while the bag is being flushed.
 STATE_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+# image_transport -> (message class, bag type, topic suffix): raw frames, or image_transport's
+# `<topic>/compressed` (JPEG/PNG), e.g. cameras on another machine.
+IMAGE_TRANSPORTS = {"raw": (Image, bag.IMAGE_TYPE, ""),
+                    "compressed": (CompressedImage, bag.COMPRESSED_IMAGE_TYPE, "/compressed")}
 
 PARAMETERS = {
     "output_dir": Param("episodes", "directory the episode bags are written to (from the next ~/start)",
                         read_when_used=True),
     "cameras": Param(["base", "wrist"], "camera names: /<camera_namespace>/<name>/color/image_raw"),
     "camera_namespace": Param(topics.CAMERA_NAMESPACE, "topic namespace of the cameras (empty: none)"),
+    "image_transport": Param("raw", "raw: sensor_msgs/Image; compressed: <topic>/compressed (CompressedImage)"),
     "joint_states_topic": Param(topics.JOINT_STATES, "sensor_msgs/JointState to record"),
     "command_topic": Param(topics.TRAJECTORY, "trajectory_msgs/JointTrajectory (the commands) to record"),
     "instruction_topic": Param(topics.INSTRUCTION, "std_msgs/String to record"),
@@ -54,16 +60,19 @@ class RecorderNode(Node):
             raise ValueError(f"storage must be one of {list(bag.STORAGES)}, not {p['storage']!r}")
         if reason := not_positive(p["flush_period"]):
             raise ValueError(f"flush_period {reason}")
+        if p["image_transport"] not in IMAGE_TRANSPORTS:
+            raise ValueError(f"image_transport must be one of {list(IMAGE_TRANSPORTS)}, not {p['image_transport']!r}")
+        image_cls, image_type, suffix = IMAGE_TRANSPORTS[p["image_transport"]]
         self.cameras = list(p["cameras"])
         self.layout = {
-            "cameras": {name: topics.camera_topic(name, p["camera_namespace"]) for name in self.cameras},
+            "cameras": {name: topics.camera_topic(name, p["camera_namespace"]) + suffix for name in self.cameras},
             "joint_states": p["joint_states_topic"],
             "command": p["command_topic"],
             "instruction": p["instruction_topic"],
         }
         self.storage, self.flush_period = p["storage"], p["flush_period"]
 
-        subscriptions = [(topic, Image, bag.IMAGE_TYPE, qos_profile_sensor_data)
+        subscriptions = [(topic, image_cls, image_type, qos_profile_sensor_data)
                          for topic in self.layout["cameras"].values()]
         subscriptions += [
             (self.layout["joint_states"], JointState, bag.JOINT_STATE_TYPE, STATE_QOS),

@@ -158,13 +158,13 @@ class Evo1Engine:
         cuda_graph: bool = True,
         torch_compile: bool = False,
         num_steps: int | None = None,
-        noise_scale: float | None = None,
+        noise_scale: float = 1.0,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model, self.processor, self.backend = model.eval(), processor, backend
         self.steps = int(num_steps or model.config.num_steps)
-        self.noise_scale = float(model.config.noise_scale if noise_scale is None else noise_scale)
+        self.noise_scale = float(noise_scale)  # a deployment setting (runtime/deployment.py)
         if not 0.0 <= self.noise_scale <= 1.0:
             raise ValueError(f"noise_scale must be in [0, 1], got {self.noise_scale}")
         self.device = next(model.parameters()).device

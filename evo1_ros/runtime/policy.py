@@ -1,8 +1,10 @@
 """What the runtime needs from a policy: one action chunk per observation.
 
 `ChunkPolicy` is the seam between the ROS nodes and the model: the inference node only calls
-`predict_chunk`. The Evo-1 implementation lives beside it (`Evo1ChunkPolicy`), and so does
-`DelayedPolicy`, which adds latency to any policy (a slower GPU, a remote policy).
+`predict_chunk`. The Evo-1 implementation lives beside it (`Evo1ChunkPolicy`); it converts between
+the nodes' units and the checkpoint's declared conventions (runtime/deployment.py) on the way in
+and out, so nothing past this seam ever sees degrees or SDK gripper positions. `DelayedPolicy`
+adds latency to any policy (a slower GPU, a remote policy).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .chunking import RTCInputs
+from .deployment import DeploymentConfig, load_deployment
 
 
 class ChunkPolicy(Protocol):
@@ -28,6 +31,10 @@ class ChunkPolicy(Protocol):
     request_threshold: float | None
     # Why it cannot take `rtc` inputs, or None if it can; a policy without it cannot (rtc_refusal()).
     rtc_refusal: str | None
+
+    def instruction_problem(self, instruction: str) -> str | None:
+        """Why this policy cannot take `instruction` (e.g. too many tokens), or None."""
+        ...
 
     def predict_chunk(
         self, images: Sequence[np.ndarray | None], state: np.ndarray, instruction: str,
@@ -47,19 +54,35 @@ def rtc_refusal(policy) -> str | None:
 
 
 class Evo1ChunkPolicy:
-    """Evo-1 behind the `ChunkPolicy` seam: observation in, de-normalised action chunk out."""
+    """Evo-1 behind the `ChunkPolicy` seam: observation in ROS units, action chunk out in ROS units;
+    in between, the checkpoint's conventions, normalisation and the engine."""
 
-    def __init__(self, engine, action_dim: int):
+    def __init__(self, engine, deployment: DeploymentConfig):
+        normalizer = engine.processor.normalizer
+        if normalizer is None:
+            raise ValueError("the processor has no normaliser: cannot map actions to robot units")
+        conventions = deployment.conventions
+        for what, dims, stats in (("state", conventions.state, normalizer.state_dim),
+                                  ("action", conventions.action, normalizer.action_dim)):
+            if len(dims) != stats:
+                raise ValueError(f"the deployment settings declare {len(dims)} {what} dims, the normalisation "
+                                 f"statistics have {stats}")
+        cfg = engine.model.config
+        if len(conventions.views) > cfg.max_views:
+            raise ValueError(f"the deployment settings name {len(conventions.views)} views {conventions.views}, "
+                             f"the model takes at most {cfg.max_views}")
         self.engine = engine
         self.processor = engine.processor
-        self.action_dim = action_dim
-        self.chunk_length = engine.model.config.chunk_length
-        self.num_views = engine.model.config.max_views
-        self.action_rate_hz = engine.model.config.action_rate_hz
-        self.chunk_mode = engine.model.config.chunk_mode
-        self.request_threshold = engine.model.config.request_threshold
+        self.deployment = deployment
+        self.conventions = conventions
+        self.action_dim = normalizer.action_dim
+        self.chunk_length = cfg.chunk_length
+        self.num_views = cfg.max_views
+        self.action_rate_hz = deployment.action_rate_hz
+        self.chunk_mode = deployment.chunk_mode
+        self.request_threshold = deployment.request_threshold
         self.rtc_refusal = engine.rtc_refusal
-        self._action_mask = self.processor.action_mask(action_dim)
+        self._action_mask = self.processor.action_mask(self.action_dim)
 
     @classmethod
     def from_checkpoint(
@@ -74,6 +97,7 @@ class Evo1ChunkPolicy:
         torch_compile: bool = False,
         noise_scale: float | None = None,
     ):
+        """`noise_scale` None: the checkpoint's deployment setting."""
         import torch
 
         from ..model.checkpoint import load_checkpoint
@@ -87,27 +111,39 @@ class Evo1ChunkPolicy:
             # physics); torch's default of one spinning thread per core starves them and itself
             # (on 2 loaded cores: seconds per tiny chunk instead of 0.25 s). Half the cores.
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+        deployment = load_deployment(path)
         model, processor = load_checkpoint(path, device=device, dtype=torch_dtype[dtype])
         if processor.normalizer is None:
             raise ValueError(f"{path} has no norm_stats.json: cannot map actions to robot units")
         engine = Evo1Engine(model, processor, backend=backend, onnx_dir=onnx_dir, cuda_graph=cuda_graph,
-                            torch_compile=torch_compile, num_steps=num_steps, noise_scale=noise_scale)
-        return cls(engine, processor.normalizer.action_dim)
+                            torch_compile=torch_compile, num_steps=num_steps,
+                            noise_scale=deployment.noise_scale if noise_scale is None else noise_scale)
+        return cls(engine, deployment)
+
+    def instruction_problem(self, instruction: str) -> str | None:
+        try:
+            self.processor.tokenize([instruction])  # cached: the worker finds the prompt ready
+        except ValueError as e:
+            return str(e)
+        return None
 
     def predict_chunk(self, images, state, instruction, rtc: RTCInputs | None = None):
-        obs = self.processor.observation(images, state, instruction)
+        policy_state = self.conventions.state_to_policy(state)
+        obs = self.processor.observation(self.conventions.frames_to_policy(images), policy_state, instruction)
         guidance = None
         if rtc is not None:  # the engine refuses it where it cannot (rtc_refusal)
             from .rtc import Guidance
 
-            guidance = Guidance.build(self.normalised_actions(rtc.prefix), rtc.delay, rtc.config,
-                                      self.chunk_length, self.engine.model.config.max_action_dim)
+            prefix = self.normalised_actions(self.conventions.actions_to_policy(rtc.prefix, policy_state))
+            guidance = Guidance.build(prefix, rtc.delay, rtc.config, self.chunk_length,
+                                      self.engine.model.config.max_action_dim)
         actions = self.engine.predict(obs, self._action_mask, guidance=guidance)
-        return self.processor.actions_to_robot(actions[0].float(), self.action_dim)
+        chunk = self.processor.actions_to_robot(actions[0].float(), self.action_dim)
+        return self.conventions.actions_to_ros(chunk, policy_state)
 
     def normalised_actions(self, actions: np.ndarray) -> np.ndarray:
-        """(n, action_dim) robot units -> (n, action_dim) as the model samples them: the inverse of
-        processor.actions_to_robot (bounds normalisation clips to [-1, 1], where the model lives)."""
+        """(n, action_dim) in the policy's units -> (n, action_dim) as the model samples them: the inverse
+        of processor.actions_to_robot (bounds normalisation clips to [-1, 1], where the model lives)."""
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[1] != self.action_dim:
             raise ValueError(f"actions must be (n, {self.action_dim}), got {actions.shape}")

@@ -8,6 +8,7 @@ statistics ("bounds"), which are saved with every checkpoint, and padded to the 
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch.utils.data import ConcatDataset, DistributedSampler, Sampler
 from ..data.dataset import Evo1Dataset
 from ..model.config import Evo1Config
 from ..model.processor import Evo1Processor, Normalizer, normalize_pixels
+from ..runtime.deployment import Conventions, DeploymentConfig
 from .augment import augment
 
 ROBOT = "xarm6"
@@ -56,12 +58,21 @@ def open_datasets(dirs: list[str | Path], cfg: Evo1Config, max_image_lag: int = 
         parts.append(ds)
         metas.append(meta)
         stats.append(ds.norm_stats)
-    cfg.action_rate_hz = float(metas[0]["fps"])  # the checkpoint remembers how far apart its actions are
     normalizer = Normalizer(robot=ROBOT, mode="bounds", stats={
         "observation.state": merge_stats([s["state"] for s in stats], [len(p) for p in parts]),
         "action": merge_stats([s["action"] for s in stats], [len(p) for p in parts]),
     })
     return ConcatDataset(parts), normalizer
+
+
+def dataset_deployment(dirs: list[str | Path]) -> DeploymentConfig:
+    """Deployment settings a checkpoint trained on these datasets carries: how far apart its actions
+    are (the grid rate), its views (the cameras, in slot order) and the instructions it saw. The
+    datasets hold ROS units (rad, drive_joint), so the conventions are the defaults."""
+    metas = [json.loads((Path(d) / "meta.json").read_text()) for d in dirs]
+    instructions = sorted({ep["instruction"] for meta in metas for ep in meta["episodes"]})
+    return DeploymentConfig(action_rate_hz=float(metas[0]["fps"]), instructions=instructions,
+                            conventions=Conventions(views=list(metas[0]["cameras"])))
 
 
 def merge_stats(stats: list[dict], counts: list[int]) -> dict:

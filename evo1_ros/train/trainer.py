@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ..model.build import build_model
 from ..model.checkpoint import WEIGHTS, load_checkpoint, load_strict, save_checkpoint
 from ..model.processor import Evo1Processor
-from .data import Collate, DataError, ResumableSampler, model_inputs, open_datasets
+from ..runtime.deployment import DeploymentConfig
+from .data import Collate, DataError, ResumableSampler, dataset_deployment, model_inputs, open_datasets
 from .stages import optimizer_groups, set_stage
 
 WEIGHT_DECAY = 1e-3
@@ -84,19 +85,22 @@ def train(args) -> None:
             model, tokenizer = build_model(args.preset, internvl_dir=args.internvl, seed=args.seed)
             processor = Evo1Processor(model.config, tokenizer, None)
         dataset, normalizer = open_datasets(args.data, model.config, args.image_lag_steps)
+        deployment = dataset_deployment(args.data)  # action rate, views, instructions of the data
         # The data being trained on defines the normalisation; it travels with every checkpoint.
         processor.normalizer = normalizer
         model.to(ctx.device)
         stages = [1, 2] if args.stage == "both" else [int(args.stage)]
         for stage in stages:
             steps = args.stage1_steps if args.stage == "both" and stage == 1 else args.steps
-            if not train_stage(model, processor, dataset, stage, steps, Path(args.out) / f"stage{stage}", args, ctx):
+            if not train_stage(model, processor, deployment, dataset, stage, steps, Path(args.out) / f"stage{stage}",
+                               args, ctx):
                 return  # stopped by --stop-after
     finally:
         ctx.close()
 
 
-def train_stage(model, processor, dataset, stage: int, steps: int, out: Path, args, ctx: Dist) -> bool:
+def train_stage(model, processor, deployment: DeploymentConfig, dataset, stage: int, steps: int, out: Path, args,
+                ctx: Dist) -> bool:
     """Train one stage to `steps` (resuming if asked); True once `out/final` holds the result."""
     final = out / "final"
     if args.resume and (final / WEIGHTS).is_file():
@@ -173,7 +177,7 @@ def train_stage(model, processor, dataset, stage: int, steps: int, out: Path, ar
             state = {"step": done, "optimizer": optimizer.state_dict(), "rng": ctx.gather(rng_state()),
                      "data": {**run_config, "epoch": done // per_epoch, "position": done % per_epoch}}
             if ctx.main:
-                save_step(out, done, model, processor, state, args.keep)
+                save_step(out, done, model, processor, deployment, state, args.keep)
             ctx.barrier()
         if stopping:
             bar.close()
@@ -183,6 +187,7 @@ def train_stage(model, processor, dataset, stage: int, steps: int, out: Path, ar
     bar.close()
     if ctx.main:
         save_checkpoint(final, model, processor.tokenizer, processor.normalizer)
+        deployment.save(final)
         print(f"stage {stage}: wrote {final}")
     ctx.barrier()
     return True
@@ -233,11 +238,12 @@ def latest_checkpoint(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_step(out: Path, step: int, model, processor, state: dict, keep: int) -> None:
+def save_step(out: Path, step: int, model, processor, deployment: DeploymentConfig, state: dict, keep: int) -> None:
     path = out / f"step-{step:06d}"
     tmp = out / f".{path.name}.tmp"  # renamed into place when complete: a crash leaves no half checkpoint
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(tmp, model, processor.tokenizer, processor.normalizer)
+    deployment.save(tmp)
     torch.save(state, tmp / TRAINER_STATE)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
