@@ -346,16 +346,15 @@ class XArmEmulator:
     def _answer(self, request) -> bytes | None:
         if request.protocol not in PRIVATE_PROTOCOLS:
             return None  # the SDK's heartbeat (protocol 1) and standard Modbus-TCP: not emulated
-        if request.register == Register.RS485_RTU:
+        if request.register == Register.RS485_RTU:  # the gripper answers over the bus, after a while or never
             if self._faults.gripper_lost:
                 return None
             time.sleep(self.config.gripper_latency_s + self._faults.gripper_delay)
-        elif request.register == Register.MOVE_SERVOJ:
+        status, payload = self.controller.handle(request.register, request.payload)
+        if request.register == Register.MOVE_SERVOJ:  # the target is taken at once; only the reply is late
             with self._lock:
                 delay, self._faults.servo_reply_delay = self._faults.servo_reply_delay, 0.0
-            if delay:
-                time.sleep(delay)
-        status, payload = self.controller.handle(request.register, request.payload)
+            time.sleep(delay)
         return reply(request, status, payload)
 
     def _stream_reports(self, connection: socket.socket, kind: str) -> None:
