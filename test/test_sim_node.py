@@ -17,7 +17,7 @@ from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from evo1_ros.nodes.driver import Xarm6DriverNode  # noqa: E402
+from evo1_ros.nodes.driver import start_driver  # noqa: E402
 from evo1_ros.nodes.messages import image_to_rgb, to_duration  # noqa: E402
 from evo1_ros.nodes.sim import SimNode  # noqa: E402
 from evo1_ros.robot.xarm6 import GRIPPER_JOINT, HOME, JOINT_NAMES  # noqa: E402
@@ -43,7 +43,7 @@ def rig():
     world = SimWorld(image_size=64)
     sim = SimNode(world, context=context, parameter_overrides=[
         Parameter("fps", value=20.0), Parameter("camera_namespace", value=f"{TAG}/camera")])
-    driver = Xarm6DriverNode(backend=SimBackend(world), context=context, parameter_overrides=[
+    driver = start_driver(backend=SimBackend(world), context=context, parameter_overrides=[
         Parameter("trajectory_topic", value=f"/{TAG}/trajectory"),
         Parameter("joint_states_topic", value=f"/{TAG}/joint_states"),
         Parameter("watchdog_ms", value=5000.0)])

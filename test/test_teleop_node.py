@@ -1,5 +1,5 @@
 """Teleop node over real rclpy/DDS: sim expert -> recorder -> dataset, keyboard jog and episode
-keys against the driver and recorder, teaching mode on an XArmAPI stand-in."""
+keys against the driver and recorder, teaching mode through the SDK on the xArm controller emulator."""
 
 import time
 
@@ -15,7 +15,6 @@ from evo1_ros.data import bag  # noqa: E402
 from evo1_ros.nodes.spin import SpinThread  # noqa: E402
 from evo1_ros.nodes.teleop import TeleopNode  # noqa: E402
 from evo1_ros.robot import xarm6  # noqa: E402
-from xarm_standin import StandInXArmAPI  # noqa: E402
 
 pytestmark = pytest.mark.ros
 INSTRUCTION = "put the can in the box"
@@ -156,11 +155,11 @@ def test_sim_expert_needs_the_sims_world():
 # --- keyboard --------------------------------------------------------------------------------------
 
 def test_keyboard_jogs_the_driver_and_runs_recorder_episodes(tmp_path):
-    from evo1_ros.nodes.driver import Xarm6DriverNode
+    from evo1_ros.nodes.driver import start_driver
     from evo1_ros.nodes.recorder import RecorderNode
 
     def make(context, nodes):
-        nodes.append(Xarm6DriverNode(**override(context, backend="fake", realtime_priority=0)))
+        nodes.append(start_driver(**override(context, backend="fake", realtime_priority=0)))
         nodes.append(RecorderNode(**override(context, output_dir=str(tmp_path))))  # its cameras stay silent
         nodes.append(TeleopNode(**override(context, source="keyboard", instruction=INSTRUCTION)))
 
@@ -197,35 +196,28 @@ def forward_tcp(q):
 
 # --- teaching --------------------------------------------------------------------------------------
 
-class TeachingStandIn(StandInXArmAPI):
-    """The SDK drives the gripper over Modbus in any mode (xarm/x3/gripper.py has no mode check);
-    the shared stand-in only accepts it in servo mode."""
-
-    def set_gripper_position(self, pos, wait=False):
-        self.calls.append("set_gripper_position")
-        self.gripper_position = pos
-        return 0
-
-
-def test_teaching_republishes_hand_guided_positions_as_commands():
-    TeachingStandIn.instances.clear()
+def test_teaching_republishes_hand_guided_positions_as_commands(xarm_emulator):
+    emulator = xarm_emulator()  # the xArm controller emulator, behind the unmodified SDK
     graph = Graph(lambda context, nodes: nodes.append(TeleopNode(
-        api_class=TeachingStandIn, **override(context, source="teaching", robot_ip="192.168.1.2"))))
+        **override(context, source="teaching", robot_ip=emulator.config.ip))))
     try:
-        (arm,) = TeachingStandIn.instances
-        assert (arm.mode, arm.state, arm.enabled) == (2, 0, True)  # hand-guiding, ready
+        status = emulator.status()
+        assert (status["mode"], status["state"], status["motors_enabled"]) == (2, 2, True)  # hand-guiding, ready
         commands = graph.latest(JointTrajectory, "/evo1/joint_trajectory")
         states = graph.latest(JointState, "/joint_states")
         guided = [0.3, -0.2, -0.9, 0.1, 1.0, -0.4]
-        arm.angles = guided + [0.0]  # the operator moves the arm
+        emulator.guide(guided)  # the operator moves the arm
         graph.nodes[0].handle_key("c")
-        assert arm.gripper_position == 0.0  # closed, in SDK units
+        assert emulator.status()["gripper_target"] == 0  # closed, in SDK units
         graph.nodes[0].handle_key("i")  # jog keys do nothing: the arm is moved by hand
-        wait_for(lambda: commands and list(commands[-1].points[0].positions) == guided + [xarm6.GRIPPER_CLOSED],
+        wait_for(lambda: commands and np.allclose(commands[-1].points[0].positions, guided + [xarm6.GRIPPER_CLOSED],
+                                                  atol=1e-6),
                  what="the guided pose and closed gripper as the commanded trajectory")
-        wait_for(lambda: states and list(states[-1].position[:6]) == guided, what="the guided pose as joint state")
-        assert arm.servo_targets == []  # nothing was ever sent to move the arm
+        wait_for(lambda: states and np.allclose(states[-1].position[:6], guided, atol=1e-6),
+                 what="the guided pose as joint state")
+        assert emulator.status()["servo_targets"] == 0  # nothing was ever sent to move the arm
     finally:
         graph.close()
-    assert arm.mode == 0 and not arm.connected  # teaching left, connection released
+    wait_for(lambda: emulator.status()["connections"] == 0, what="the connections released")
+    assert emulator.status()["mode"] == 0  # teaching left
 

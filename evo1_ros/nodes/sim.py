@@ -131,12 +131,12 @@ def follow_resets(sim: SimNode, driver) -> None:
 
 
 def main(args=None):
-    from evo1_ros.nodes.driver import Xarm6DriverNode
+    from evo1_ros.nodes.driver import start_driver
     from evo1_ros.sim.backend import SimBackend
 
     def build():
         sim = SimNode()
-        driver = Xarm6DriverNode(backend=SimBackend(sim.world))
+        driver = start_driver(backend=SimBackend(sim.world))
         follow_resets(sim, driver)
         return [sim, driver]
 

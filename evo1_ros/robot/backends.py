@@ -92,8 +92,9 @@ class FakeBackend(DriverBackend):
         """Move the arm by hand (teaching mode only, as on the real arm)."""
         if not self.teaching:
             raise BackendError(NOT_READY, "the fake arm can be guided by hand in teaching mode only")
+        self._advance()
         self.positions = np.array(positions, dtype=float)
-        self.stop()
+        self.target_positions = self.positions.copy()
 
     def close(self) -> None:
         pass

@@ -49,7 +49,7 @@ class RecordingGraph:
         """world: a LockstepWorld (it sets the camera rate); speed: physics pace between frames."""
         from rclpy.parameter import Parameter
 
-        from evo1_ros.nodes.driver import Xarm6DriverNode
+        from evo1_ros.nodes.driver import start_driver
         from evo1_ros.nodes.recorder import RecorderNode
         from evo1_ros.nodes.sim import SimNode, sim_clock_node
         from evo1_ros.nodes.spin import SpinThread
@@ -65,7 +65,7 @@ class RecordingGraph:
             # no wall-clock pacing of the camera thread: the lockstep world paces it in sim time
             sim = SimNode(world, **params(fps=1000.0, seed=first_seed))
             self.nodes += [sim_clock_node(world, sim, context), sim]
-            driver = Xarm6DriverNode(backend=SimBackend(world, speed=speed), **params(realtime_priority=0))
+            driver = start_driver(backend=SimBackend(world, speed=speed), **params(realtime_priority=0))
             self.nodes.append(driver)
             sim.on_reset = driver.loop.recover  # as sim_node's main: after a reset start over from HOME
             self.recorder = RecorderNode(**params(output_dir=str(out), cameras=["base", "wrist"], storage=storage))
