@@ -69,6 +69,11 @@ class DriverBackend(abc.ABC):
         called; leaving it, the arm holds where it was put. Backends that cannot refuse."""
         raise BackendError(NO_SUCH_COMMAND, f"the {self.name} backend has no teaching mode")
 
+    def helper_threads(self) -> list[int]:
+        """Native ids of threads that `command` and `read_state` wait on (e.g. a socket's receiver):
+        the servo loop gives them its own real-time priority."""
+        return []
+
     def diagnostics(self) -> dict[str, str]:
         """Backend figures worth showing on /diagnostics (called from another thread: read only)."""
         return {}

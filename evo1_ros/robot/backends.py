@@ -384,6 +384,15 @@ class XArmSdkBackend(DriverBackend):
         self._enter_mode(2 if on else 1)
         return self.read_state()
 
+    def helper_threads(self) -> list[int]:
+        # The SDK hands each reply from its command socket's receiver thread to the caller through a
+        # queue, and the reports from the report socket's receiver to its report thread: at normal
+        # priority they delay set_servo_angle_j and the joint states on a busy CPU, whatever the
+        # servo thread's priority (benchmarks/control_loop.py --backend xarm_sdk).
+        sdk = getattr(self.arm, "_arm", None)
+        threads = [getattr(sdk, name, None) for name in ("_stream", "_stream_report", "_report_thread")]
+        return [t.native_id for t in threads if isinstance(t, threading.Thread) and t.native_id]
+
     def diagnostics(self) -> dict[str, str]:
         values = {}
         if self._report is not None:

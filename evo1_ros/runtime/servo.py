@@ -241,13 +241,18 @@ class ServoLoop:
 
     # --- servo thread -------------------------------------------------------------------------
 
+    def _realtime(self, threads: list[int]) -> bool:
+        """SCHED_FIFO at our priority for these threads (0: the calling one), where the OS allows."""
+        try:
+            for thread in threads:
+                os.sched_setscheduler(thread, os.SCHED_FIFO, os.sched_param(self.realtime_priority))
+            return True
+        except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
+            return False
+
     def _run(self, started: threading.Event) -> None:
         if self.realtime_priority > 0:
-            try:  # on Linux, pid 0 means the calling thread
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.realtime_priority))
-                self.realtime = True
-            except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
-                pass
+            self.realtime = self._realtime([0]) and self._realtime(self._backend.helper_threads())
         started.set()
         deadline = time.monotonic()
         try:
@@ -368,6 +373,8 @@ class ServoLoop:
             raise
         self._connected, self._teaching = True, False
         self._fault, self._fault_code, self._fault_time = "", None, None
+        if self.realtime:  # a reconnected backend has new helper threads
+            self._realtime(self._backend.helper_threads())
         return self._start_over(state)
 
     def _set_teaching(self, on: bool) -> RobotState:
