@@ -23,7 +23,7 @@ COMMANDS = {
     "record-sim": ("evo1_ros.teleop.record_sim", "record scripted-expert demonstrations in sim through the recorder"),
     "train": ("evo1_ros.train.train_cmd", "fine-tune Evo-1 on evo1 datasets in two stages (torchrun for multi-GPU)"),
     "export-onnx": ("evo1_ros.runtime.export_cmd", "export a checkpoint's action head to ONNX for onnxruntime"),
-    "xarm-emulator": ("evo1_ros.xarm_emulator.cli", "emulate an xArm6 control box on a loopback address for the xArm SDK"),
+    "xarm-emulator": ("evo1_ros.xarm_emulator.cli", "an emulated xArm6 control box on a loopback address"),
 }
 
 

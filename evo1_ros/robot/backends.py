@@ -347,8 +347,8 @@ class XArmSdkBackend(DriverBackend):
             raise BackendError(TIMED_OUT, f"the report stream is silent: no joint state for {age * 1e3:.0f} ms")
         if self._servoing and self.arm.state == 4:  # stopped by an error, the teach pendant or an E-stop
             error = self._controller_error()
-            raise BackendError(HAS_ERROR if error else NOT_READY,
-                               f"the controller stopped the arm: {describe_code(HAS_ERROR if error else NOT_READY, error)}")
+            code = HAS_ERROR if error else NOT_READY
+            raise BackendError(code, f"the controller stopped the arm: {describe_code(code, error)}")
         aux = self.auxiliary
         if aux.fault is not None:
             raise aux.fault

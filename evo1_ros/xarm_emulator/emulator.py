@@ -115,7 +115,8 @@ class EmulatorConfig:
         if self.arm not in ARMS:
             raise ValueError(f"arm must be one of {ARMS}, got {self.arm!r}")
         if self.report_hz not in REPORT_RATES_HZ:
-            raise ValueError(f"report_hz must be one of {REPORT_RATES_HZ} (the control box's rates), got {self.report_hz}")
+            raise ValueError(f"report_hz must be one of {REPORT_RATES_HZ} (the control box's rates), "
+                             f"got {self.report_hz}")
         joints = np.asarray(self.initial_joints, dtype=float)
         if joints.shape != (xarm6.NUM_JOINTS,) or ((joints < xarm6.JOINT_LOWER) | (joints > xarm6.JOINT_UPPER)).any():
             raise ValueError(f"initial_joints must be {xarm6.NUM_JOINTS} angles within the joint limits")
