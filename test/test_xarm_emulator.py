@@ -339,7 +339,9 @@ def test_teaching_mode_follows_the_hand(xarm_emulator):
 
 
 def test_in_process_emulator_and_its_cli_refusals():
-    ip = pytest.importorskip("conftest").free_loopback_address()
+    from conftest import free_loopback_address
+
+    ip = free_loopback_address()
     with XArmEmulator(EmulatorConfig(ip=ip)) as emulator:
         arm = XArmAPI(ip, is_radian=True, report_type="real")
         assert arm.connected and arm.get_state() == (0, 4)
