@@ -244,12 +244,15 @@ def test_sdk_streams_servo_targets_for_10_s_at_100_hz_and_the_reports_follow(xar
             seen.append((time.monotonic(), np.array(arm.angles[:6])))
             time.sleep(max(0.0, t0 + (k + 1) / 100.0 - time.monotonic()))
         assert emulator.status()["servo_targets"] == 1000
-        # each reported pose matches a target sent at most ~4 report periods before it was read
-        lag = []
+        # every reported pose is one of the targets sent (the arm reaches each within a controller
+        # cycle), seen a report period or two later; a loaded CI machine may delay the SDK's threads
+        times, targets = np.array([t for t, _ in sent]), np.array([q for _, q in sent])
+        lags = []
         for t, angles in seen[100:]:
-            recent = [q for ts, q in sent if t - 0.06 <= ts <= t]
-            lag.append(min(np.abs(angles - q).max() for q in recent))
-        assert max(lag) < 1e-3, max(lag)
+            matches = np.flatnonzero((np.abs(targets - angles).max(axis=1) < 1e-5) & (times <= t))
+            assert len(matches), f"reported {angles} was never commanded"
+            lags.append(t - times[matches[-1]])
+        assert np.median(lags) < 0.03 and max(lags) < 0.5, (np.median(lags), max(lags))
         assert arm.error_code == 0 and arm.get_err_warn_code() == (0, [0, 0])
     finally:
         arm.disconnect()
