@@ -160,7 +160,7 @@ class AuxiliaryLink:
         self.use_gripper = use_gripper
         self.deadband, self.period = deadband, period
         self.target: float | None = None  # SDK units, newest wins; set by the servo thread
-        self.gripper: tuple[float, float] = (0.0, time.monotonic())  # measured SDK position, when
+        self.gripper = 0.0  # measured position, SDK units
         self.gripper_velocity = VelocityEstimate(1)
         self.warning = 0
         self.fault: BackendError | None = None
@@ -199,9 +199,8 @@ class AuxiliaryLink:
             raise BackendError(result, f"the gripper reports a fault (gripper error {self.arm.gripper_error_code})")
         code, position = result
         self._check(code if position is not None else TIMED_OUT, "get_gripper_position")
-        now = time.monotonic()
-        self.gripper = (float(position), now)
-        self.gripper_velocity.update(now, [xarm6.sdk_to_gripper(position)])
+        self.gripper = float(position)
+        self.gripper_velocity.update(time.monotonic(), [xarm6.sdk_to_gripper(position)])
 
     def _run(self) -> None:
         next_codes = 0.0
@@ -265,7 +264,6 @@ class XArmSdkBackend(DriverBackend):
         self._report: tuple[float, np.ndarray, np.ndarray] | None = None  # arrival, joints, velocities
         self._joint_velocity = VelocityEstimate(xarm6.NUM_JOINTS)
         self._servoing = False  # we made the arm ready: a stop (state 4) from elsewhere is a fault
-        self._mode = 1  # the mode we put the arm in (1 servo, 2 teaching)
 
     def _check(self, code, action: str) -> None:
         if code in (0, HAS_WARNING):  # a warning does not stop the arm; the auxiliary link reports it
@@ -313,7 +311,6 @@ class XArmSdkBackend(DriverBackend):
         self._check(self.arm.set_mode(mode), f"set_mode({mode})")
         self._check(self.arm.set_state(0), "set_state(0)")
         self._await_report(lambda: self.arm.mode == mode and self.arm.state in (1, 2), f"mode {mode}, ready")
-        self._mode = mode
 
     def _make_ready(self) -> None:
         """The SDK's bring-up sequence, also the recovery after an error (the arm falls to mode 0,
@@ -353,8 +350,7 @@ class XArmSdkBackend(DriverBackend):
         if aux.fault is not None:
             raise aux.fault
         if self.use_gripper:
-            position, _ = aux.gripper
-            gripper, gripper_velocity = xarm6.sdk_to_gripper(position), float(aux.gripper_velocity.velocities[0])
+            gripper, gripper_velocity = xarm6.sdk_to_gripper(aux.gripper), float(aux.gripper_velocity.velocities[0])
         else:
             gripper, gripper_velocity = 0.0, 0.0
         return RobotState(positions=joints, gripper=gripper, stamp=stamp,

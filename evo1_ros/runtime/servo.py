@@ -7,15 +7,16 @@ Threads: the servo thread owns the filter's motion state, the interpolator and t
 backend calls happen there, recovery included, so backends need no locking). Other threads check
 trajectories themselves and hand work to the servo thread through an inbox it empties at the start
 of each tick; the only state they set directly are the e-stop flag (so it acts on the very next
-tick) and its release. There is no lock the servo thread could wait on while a lower-priority
-thread holding it is preempted.
+tick) and its release, the active flag and the limits (a whole new `SafetyLimits`). There is no
+lock the servo thread could wait on while a lower-priority thread holding it is preempted.
 
 Timing: absolute deadlines (no drift), a coarse `time.sleep` to just before each deadline, then a
 short spin, because sleep wake-ups come late by more than the jitter we allow. Where the OS allows
 it (root, or an rtprio limit) the thread runs SCHED_FIFO, so inference threads and other processes
 cannot delay its wake-ups. A tick that overruns (the SDK's `set_servo_angle_j` sometimes blocks
 ~190 ms) skips the missed deadlines instead of bursting commands to catch up; the filter's
-per-tick bounds then make the arm lag the trajectory rather than jump.
+per-tick bounds then make the arm lag the trajectory rather than jump. After a stall of more than
+two periods the filter goes on from rest: the arm stood at the last command meanwhile.
 
 Two clocks: the thread is paced on the monotonic clock (the control box's cadence), while `clock`
 times trajectories, the watchdog and resets. They are the same by default; a driver on sim time
