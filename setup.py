@@ -28,6 +28,7 @@ ROS_WHEELS = [
     "ros-jazzy-geometry-msgs",
     "ros-jazzy-visualization-msgs",
     "ros-jazzy-diagnostic-msgs",
+    "ros-jazzy-lifecycle-msgs",  # the driver is a lifecycle node (rclpy.lifecycle)
 ]
 SIM = ["mujoco>=3.1", "opencv-python-headless>=4.8"]
 ROBOT = ["xarm-python-sdk>=1.14", "pyrealsense2>=2.54"]

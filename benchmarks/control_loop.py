@@ -1,12 +1,22 @@
-"""Servo loop timing under inference load: period jitter p50/p99/max at 100 and 250 Hz.
+"""Servo loop timing: period jitter p50/p99/max at 100 and 250 Hz, on the fake arm under inference
+load, or through the xArm SDK to the controller emulator with and without gripper traffic.
 
-Runs the driver's real `ServoLoop` (safety filter + interpolation + FakeBackend, no ROS) on its
-own thread while a second thread does what inference does to a CPU: back-to-back torch matmuls
-on all cores (the GIL is released inside them) plus a little Python between calls (which is not).
-A third thread re-sends a trajectory at 30 Hz, like the inference node. Jitter is
+Runs the driver's real `ServoLoop` (safety filter + interpolation + a backend, no ROS) on its own
+thread while a second thread re-sends a trajectory at 30 Hz, like the inference node. Jitter is
 |actual period - nominal period| between consecutive servo wake-ups.
 
-    python benchmarks/control_loop.py [--seconds 10] [--rates 100 250] [--realtime-priority 50] [--json OUT]
+`--backend fake`: each rate alone and beside a thread that does what inference does to a CPU:
+back-to-back torch matmuls on all cores (the GIL is released inside them) plus a little Python
+between calls (which is not).
+
+`--backend xarm_sdk`: the `xarm_sdk` backend through the unmodified XArmAPI to an xArm controller
+emulator in a process of its own (`evo1-ros xarm-emulator`, its real-time reports at the servo
+rate), each rate with the gripper still and with a new gripper target every 100 ms. Also the
+round trip of every `set_servo_angle_j` call (p50/p99/max). Needs port 502 (root or
+CAP_NET_BIND_SERVICE).
+
+    python benchmarks/control_loop.py [--backend fake|xarm_sdk] [--seconds 10] [--rates 100 250]
+        [--realtime-priority 50] [--ip 127.0.0.2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from evo1_ros.robot import xarm6
 from machine import cpu_model  # benchmarks/machine.py, beside this script
 from evo1_ros.robot.backends import FakeBackend
 from evo1_ros.runtime import servo
-from evo1_ros.runtime.safety import SafetyLimits
+from evo1_ros.runtime.safety import SafetyLimits, TrajectoryRejected
 from evo1_ros.runtime.servo import ServoLoop
 
 
@@ -37,24 +47,49 @@ def inference_load(stop: threading.Event, size: int) -> None:
         sum(float(x) for x in c[0, :64])
 
 
-def policy_publisher(loop: ServoLoop, stop: threading.Event) -> None:
+def policy_publisher(loop: ServoLoop, stop: threading.Event, gripper_steps: bool) -> None:
+    """Sine-wave joints; the gripper on a slow sine, or a new target every 100 ms (`gripper_steps`)."""
     t0 = time.monotonic()
     while not stop.is_set():
         now = loop.clock()
         times = now + np.arange(1, 17) / 30.0
         phase = 2 * np.pi * 0.25 * (times - t0)[:, None]
-        points = np.hstack([xarm6.HOME + 0.3 * np.sin(phase + np.arange(6)), 0.4 + 0.3 * np.sin(phase)])
-        loop.submit(times, points)
+        if gripper_steps:  # alternating between two targets 0.1 s apart: one gripper command per 100 ms
+            gripper = np.where(np.floor((times - t0) / 0.1) % 2 == 0, 0.2, 0.6)[:, None]
+        else:
+            gripper = 0.4 + 0.3 * np.sin(phase)
+        points = np.hstack([xarm6.HOME + 0.3 * np.sin(phase + np.arange(6)), gripper])
+        try:
+            loop.submit(times, points)
+        except TrajectoryRejected:  # a fault: the row records it
+            pass
         time.sleep(1 / 30.0)
 
 
-def measure(rate_hz: float, seconds: float, load: bool, matmul_size: int, realtime_priority: int) -> dict:
-    loop = ServoLoop(FakeBackend(), SafetyLimits(), rate_hz, realtime_priority=realtime_priority)
-    loop.connect()
+def percentiles(values_ms) -> dict:
+    values_ms = np.asarray(values_ms)
+    return {"p50_ms": float(np.percentile(values_ms, 50)), "p99_ms": float(np.percentile(values_ms, 99)),
+            "max_ms": float(values_ms.max())}
+
+
+def timed(call, durations: list):
+    """`call`, recording how long each call takes."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - start)
+    return wrapper
+
+
+def measure(loop: ServoLoop, rate_hz: float, seconds: float, gripper_steps: bool, load_size: int = 0) -> dict:
+    """Run `loop` (connected) for `seconds` with a policy publisher and optional torch load."""
+    loop.activate()
     stop = threading.Event()
-    workers = [threading.Thread(target=policy_publisher, args=(loop, stop), daemon=True)]
-    if load:
-        workers.append(threading.Thread(target=inference_load, args=(stop, matmul_size), daemon=True))
+    workers = [threading.Thread(target=policy_publisher, args=(loop, stop, gripper_steps), daemon=True)]
+    if load_size:
+        workers.append(threading.Thread(target=inference_load, args=(stop, load_size), daemon=True))
     for worker in workers:
         worker.start()
     time.sleep(0.5)  # let the load settle before the loop starts
@@ -62,21 +97,54 @@ def measure(rate_hz: float, seconds: float, load: bool, matmul_size: int, realti
     loop.start()
     time.sleep(seconds)
     wake_times = np.array(loop.wake_times)
-    loop.shutdown()
     stop.set()
     for worker in workers:
         worker.join()
-    status = loop.status()
-    jitter_ms = np.abs(np.diff(wake_times) - 1.0 / rate_hz) * 1e3
-    return {
-        "rate_hz": rate_hz, "load": "torch matmul thread" if load else "none", "ticks": len(wake_times),
-        "jitter_p50_ms": float(np.percentile(jitter_ms, 50)), "jitter_p99_ms": float(np.percentile(jitter_ms, 99)),
-        "jitter_max_ms": float(jitter_ms.max()), "overruns": status.overruns, "realtime": status.realtime,
-    }
+    status, backend = loop.status(), loop.backend_diagnostics()
+    loop.shutdown()
+    jitter = percentiles(np.abs(np.diff(wake_times) - 1.0 / rate_hz) * 1e3)
+    return {"rate_hz": rate_hz, "ticks": len(wake_times), **{f"jitter_{k}": v for k, v in jitter.items()},
+            "overruns": status.overruns, "realtime": status.realtime, "fault": status.fault, "backend": backend}
+
+
+def fake_rows(args) -> list[dict]:
+    rows = []
+    for rate in args.rates:
+        for load in (False, True):
+            loop = ServoLoop(FakeBackend(), SafetyLimits(), rate, realtime_priority=args.realtime_priority)
+            loop.connect()
+            row = measure(loop, rate, args.seconds, gripper_steps=False, load_size=args.matmul_size if load else 0)
+            rows.append({**row, "condition": "torch matmul thread" if load else "none"})
+    return rows
+
+
+def xarm_sdk_rows(args) -> list[dict]:
+    from evo1_ros.robot.backends import XArmSdkBackend
+    from evo1_ros.xarm_emulator import EmulatorConfig, EmulatorProcess
+
+    rows = []
+    for rate in args.rates:
+        # the emulated control box in a process of its own, as the real one is a machine of its own
+        config = EmulatorConfig(ip=args.ip, report_hz=rate, realtime_priority=max(args.realtime_priority - 10, 0))
+        for gripper_steps in (False, True):
+            with EmulatorProcess(config):
+                backend = XArmSdkBackend(args.ip)
+                loop = ServoLoop(backend, SafetyLimits(), rate, realtime_priority=args.realtime_priority)
+                if not loop.connect():
+                    raise SystemExit(f"control_loop: {loop.status().fault}")
+                round_trips = []
+                backend.arm.set_servo_angle_j = timed(backend.arm.set_servo_angle_j, round_trips)
+                row = measure(loop, rate, args.seconds, gripper_steps)
+            rows.append({**row, "condition": "gripper every 100 ms" if gripper_steps else "gripper still",
+                         **{f"servoj_round_trip_{k}": v for k, v in percentiles(np.array(round_trips) * 1e3).items()}})
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["fake", "xarm_sdk"], default="fake",
+                        help="fake: the kinematic arm under inference load; xarm_sdk: through the SDK to the emulator")
+    parser.add_argument("--ip", default="127.0.0.2", help="xarm_sdk: loopback address for the emulator")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per row")
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 250.0])
     parser.add_argument("--matmul-size", type=int, default=512)
@@ -90,18 +158,22 @@ def main():
     # The timing window holds TIMING_WINDOW ticks; keep every tick of the run instead.
     servo.TIMING_WINDOW = int(max(args.rates) * (args.seconds + 1))
 
-    rows = [measure(rate, args.seconds, load, args.matmul_size, args.realtime_priority)
-            for rate in args.rates for load in (False, True)]
-    print(f"{'rate':>6} {'load':<20} {'fifo':<5} {'ticks':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'overruns':>8}")
+    rows = fake_rows(args) if args.backend == "fake" else xarm_sdk_rows(args)
+    print(f"backend {args.backend}; jitter = |period - nominal|; round trip = one set_servo_angle_j call")
+    print(f"{'rate':>6} {'condition':<22} {'fifo':<5} {'ticks':>6} {'jitter p50':>10} {'p99':>7} {'max':>7} "
+          f"{'overruns':>8} {'servoj p50':>10} {'p99':>7} {'max':>7}")
     for r in rows:
-        print(f"{r['rate_hz']:>6.0f} {r['load']:<20} {str(r['realtime']):<5} {r['ticks']:>6} {r['jitter_p50_ms']:>7.3f} "
-              f"{r['jitter_p99_ms']:>7.3f} {r['jitter_max_ms']:>7.3f} {r['overruns']:>8}")
+        servoj = (f"{r['servoj_round_trip_p50_ms']:>10.3f} {r['servoj_round_trip_p99_ms']:>7.3f} "
+                  f"{r['servoj_round_trip_max_ms']:>7.3f}" if "servoj_round_trip_p50_ms" in r else "")
+        print(f"{r['rate_hz']:>6.0f} {r['condition']:<22} {str(r['realtime']):<5} {r['ticks']:>6} "
+              f"{r['jitter_p50_ms']:>10.3f} {r['jitter_p99_ms']:>7.3f} {r['jitter_max_ms']:>7.3f} {r['overruns']:>8} "
+              f"{servoj}" + (f"  FAULT: {r['fault']}" if r["fault"] else ""))
     if args.json:
         machine = {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "python": platform.python_version(),
                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
-                       "spin_ms": args.spin_ms, "realtime_priority": args.realtime_priority,
+                       "backend": args.backend, "spin_ms": args.spin_ms, "realtime_priority": args.realtime_priority,
                        "seconds": args.seconds, "rows": rows}, f, indent=2)
 
 

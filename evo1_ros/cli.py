@@ -26,6 +26,7 @@ COMMANDS = {
     "leader-calibrate": ("evo1_ros.teleop.leader_calibrate", "calibrate a Dynamixel leader arm's offsets and gripper"),
     "train": ("evo1_ros.train.train_cmd", "fine-tune Evo-1 on evo1 datasets in two stages (torchrun for multi-GPU)"),
     "export-onnx": ("evo1_ros.runtime.export_cmd", "export a checkpoint's action head to ONNX for onnxruntime"),
+    "xarm-emulator": ("evo1_ros.xarm_emulator.cli", "an emulated xArm6 control box on a loopback address"),
 }
 
 

@@ -8,9 +8,11 @@ one of them could not be imported fails its test.
 """
 
 import importlib
+import itertools
 import os
 import random
 import re
+import socket
 
 import pytest
 
@@ -60,3 +62,49 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield
     _fail_required_skip(outcome.get_result())
+
+
+# --- the xArm controller emulator ----------------------------------------------------------------
+
+# Every emulated controller gets an address of its own in 127/8 (all loopback on Linux): random per
+# session, so test runs of several engineers on one machine do not meet on the same address.
+_addresses = itertools.count(1)
+_network = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
+
+
+def free_loopback_address() -> str:
+    """A loopback address whose controller ports are free here; skips without the right to port 502."""
+    for _ in range(20):
+        ip = f"{_network}.{next(_addresses) % 254 + 1}"
+        probe = socket.socket()
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, 502))
+            return ip
+        except PermissionError:
+            reason = "the xArm emulator listens on port 502: needs root or CAP_NET_BIND_SERVICE (README)"
+            if REQUIRE_ALL:  # CI runs as root: there, the emulator tests must run
+                pytest.fail(f"EVO1_ROS_REQUIRE_ALL=1: {reason}")
+            pytest.skip(reason)
+        except OSError:  # taken: try the next address
+            continue
+        finally:
+            probe.close()
+    raise RuntimeError("no free loopback address for an emulated controller")
+
+
+@pytest.fixture
+def xarm_emulator():
+    """start(**EmulatorConfig fields but ip) -> a running EmulatorProcess on an address of its own."""
+    from evo1_ros.xarm_emulator import EmulatorConfig, EmulatorProcess
+
+    started = []
+
+    def start(**config):
+        emulator = EmulatorProcess(EmulatorConfig(ip=free_loopback_address(), **config)).start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()

@@ -1,5 +1,8 @@
-"""Xarm6DriverNode over real rclpy/DDS: trajectories in, /joint_states out at the servo rate,
-watchdog, latched e-stop, and backend errors reported in diagnostics without taking the node down.
+"""Xarm6DriverNode over real rclpy/DDS: trajectories in, /joint_states out at the servo rate
+(stamped with the measurement time, with velocities), watchdog, latched e-stop, lifecycle
+transitions, safety parameters set at run time or refused, teaching mode, a dying servo thread,
+and the xarm_sdk backend's faults on the xArm controller emulator reported in diagnostics and the
+log without taking the node down.
 
 Timing bounds here are generous on purpose (2 loaded CI cores); the exact ones are asserted on a
 manual clock in test_safety.py."""
@@ -15,18 +18,21 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from evo1_ros.nodes.driver import Xarm6DriverNode  # noqa: E402
+from evo1_ros.nodes.driver import start_driver  # noqa: E402
 from evo1_ros.nodes.messages import stamp_seconds, to_duration  # noqa: E402
 from evo1_ros.robot import xarm6  # noqa: E402
-from evo1_ros.robot.backends import FakeBackend, XArmSdkBackend  # noqa: E402
+from evo1_ros.robot.backend import DriverBackend, RobotState  # noqa: E402
+from evo1_ros.robot.backends import FakeBackend  # noqa: E402
 from evo1_ros.runtime.safety import SafetyLimits  # noqa: E402
-from xarm_standin import StandInXArmAPI  # noqa: E402
 
 pytestmark = pytest.mark.ros
 NAMES = list(xarm6.JOINT_NAMES) + [xarm6.GRIPPER_JOINT]
@@ -45,28 +51,41 @@ class RecordingFakeBackend(FakeBackend):
 
 
 class Rig:
-    """A driver node and a test node that publishes trajectories and records the driver's output."""
+    """A driver node (made by start_driver) and a test node that publishes trajectories, calls the
+    driver's services and records its output."""
 
-    def __init__(self, tag, backend, **params):
+    def __init__(self, tag, arm, **params):
+        """arm: the backend object (None: the `backend` parameter makes one)."""
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         params = dict(trajectory_topic=f"/{tag}/trajectory", joint_states_topic=f"/{tag}/joint_states", **params)
-        self.driver = Xarm6DriverNode(backend=backend, context=self.context, namespace=f"/{tag}",
-                                      parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        self.driver = start_driver(backend=arm, context=self.context, namespace=f"/{tag}",
+                                   parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         self.io = rclpy.create_node("driver_test_io", context=self.context)
         self.trajectory_pub = self.io.create_publisher(JointTrajectory, f"/{tag}/trajectory", 10)
         self.joint_states, self.diagnostics = [], []
-        self.io.create_subscription(JointState, f"/{tag}/joint_states", self.joint_states.append, 1000)
+        self.io.create_subscription(JointState, f"/{tag}/joint_states", self._on_joint_state, 1000)
         self.io.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self.clients = {name: self.io.create_client(Trigger, f"/{tag}/xarm6_driver/{name}")
+        service = f"/{tag}/xarm6_driver"
+        self.clients = {name: self.io.create_client(Trigger, f"{service}/{name}")
                         for name in ("emergency_stop", "reset", "recover")}
+        self.clients["set_teaching"] = self.io.create_client(SetBool, f"{service}/set_teaching")
+        self.clients["change_state"] = self.io.create_client(ChangeState, f"{service}/change_state")
+        self.clients["get_state"] = self.io.create_client(GetState, f"{service}/get_state")
+        self.clients["set_parameters"] = self.io.create_client(SetParameters, f"{service}/set_parameters")
+        self.received = []  # (ROS time when each joint state arrived, its stamp)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.driver)
         self.executor.add_node(self.io)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
         assert self.wait_for(lambda: self.io.count_subscribers(f"/{tag}/trajectory") >= 1, 5.0)
-        assert self.wait_for(lambda: len(self.joint_states) > 0, 5.0)
+        if self.driver.get_parameter("autostart").value:
+            assert self.wait_for(lambda: len(self.joint_states) > 0, 5.0)
+
+    def _on_joint_state(self, msg):
+        self.received.append((self.io.get_clock().now().nanoseconds * 1e-9, stamp_seconds(msg.header.stamp)))
+        self.joint_states.append(msg)
 
     def _on_diagnostics(self, msg):
         self.diagnostics.extend(s for s in msg.status if s.name.startswith(self.driver.get_name()))
@@ -87,12 +106,23 @@ class Rig:
                                            time_from_start=to_duration(ahead))]
         self.trajectory_pub.publish(msg)
 
-    def call(self, name):
+    def call(self, name, request=None):
         client = self.clients[name]
         assert client.wait_for_service(timeout_sec=5.0)
-        future = client.call_async(Trigger.Request())
+        future = client.call_async(request or Trigger.Request())
         assert self.wait_for(future.done, 10.0), f"~/{name} did not answer"
         return future.result()
+
+    def transition(self, transition_id):
+        return self.call("change_state", ChangeState.Request(transition=Transition(id=transition_id))).success
+
+    def lifecycle_state(self):
+        return self.call("get_state", GetState.Request()).current_state.label
+
+    def set_parameter(self, name, value):
+        """As `ros2 param set` does it: the SetParameters service. The result (successful, reason)."""
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return self.call("set_parameters", request).results[0]
 
     def latest_diagnostic(self, after):
         """The newest driver status published after the first `after` ones, or None."""
@@ -110,8 +140,8 @@ class Rig:
 def rig_factory():
     rigs = []
 
-    def make(tag, backend, **params):
-        rigs.append(Rig(tag, backend, **params))
+    def make(tag, arm, **params):
+        rigs.append(Rig(tag, arm, **params))
         return rigs[-1]
 
     yield make
@@ -179,6 +209,7 @@ def test_trajectory_without_gripper_keeps_the_gripper_and_bad_ones_are_refused(r
 def test_watchdog_brings_the_arm_to_rest_after_the_last_trajectory(rig_factory):
     backend = RecordingFakeBackend()
     rig = rig_factory("watchdog", backend)  # watchdog_ms defaults to 100
+    keep_publishing(rig, np.append(xarm6.HOME + 0.01, 0.0), 0.3)  # the first motion, at its reduced speed
     far = np.append(xarm6.HOME + 2.0, 0.0)  # unreachable in the time given: full speed
     keep_publishing(rig, far, 0.6)
     last_publish = time.monotonic()
@@ -261,41 +292,6 @@ def test_emergency_stop_latches_until_reset(rig_factory):
     assert np.abs(backend.commands[-1][1] - target).max() < 0.02
 
 
-def test_backend_errors_are_reported_and_recovered_without_crashing(rig_factory):
-    StandInXArmAPI.instances.clear()
-    backend = XArmSdkBackend("192.168.1.185", api_class=StandInXArmAPI)
-    rig = rig_factory("sdk", backend)
-    arm = StandInXArmAPI.instances[-1]
-    target = np.append(xarm6.HOME + 0.5, 0.0)
-    keep_publishing(rig, target, 0.2)
-
-    arm.raise_controller_error(24)
-    keep_publishing(rig, target, 0.3)
-    sent = len(arm.servo_targets)
-    first = len(rig.diagnostics)
-    assert rig.wait_for(lambda: (d := rig.latest_diagnostic(first)) is not None and d.level == DiagnosticStatus.ERROR, 2.0)
-    diagnostic = rig.latest_diagnostic(first)
-    assert "C24" in diagnostic.message and "speed exceeds its limit" in diagnostic.message
-    assert {kv.key: kv.value for kv in diagnostic.values}["fault_code"] == "1"
-    assert arm.state == 4
-    keep_publishing(rig, target, 0.2)
-    assert len(arm.servo_targets) == sent, "commands sent while the arm is in error"
-
-    arm.connected = False  # and now the cable: recovery fails, says why, the node stays up
-    failed = rig.call("recover")
-    assert not failed.success and "not connected" in failed.message
-    arm.connected = True
-    assert rig.call("recover").success
-    keep_publishing(rig, target, 0.3)
-    assert len(arm.servo_targets) > sent + 10
-
-    arm.block_next_servo_s = 0.19  # one slow SDK call: reported, nothing else happens
-    keep_publishing(rig, target, 0.3)
-    first = len(rig.diagnostics)
-    assert rig.wait_for(lambda: (d := rig.latest_diagnostic(first)) is not None and "blocked" in d.message, 2.0)
-    assert rig.driver.loop.status().fault == ""
-
-
 def test_main_runs_as_a_process_and_exits_cleanly_on_sigint():
     """`ros2 run evo1_ros xarm6_driver` runs `main`: it comes up, publishes, and stops on Ctrl-C."""
     command = [sys.executable, "-c", "from evo1_ros.nodes.driver import main; main()",
@@ -316,10 +312,187 @@ def test_main_runs_as_a_process_and_exits_cleanly_on_sigint():
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=10)[0]
         assert process.returncode == 0, output
-        assert "fake backend, servo 50 Hz" in output
+        assert "fake backend connected, servo 50 Hz" in output
     finally:
         if process.poll() is None:
             process.kill()
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+# --- joint states, parameters, lifecycle, teaching, a dying servo thread -------------------------
+
+class LateFakeBackend(RecordingFakeBackend):
+    """The fake arm, its states measured 50 ms before they are read (a slow report stream)."""
+
+    def read_state(self):
+        state = super().read_state()
+        state.stamp -= 0.05
+        return state
+
+
+def test_joint_states_carry_the_measurement_time_and_velocities(rig_factory):
+    rig = rig_factory("stamps", LateFakeBackend())
+    target = np.append(xarm6.HOME + 0.3, 0.5)
+    keep_publishing(rig, target, 0.5)
+    moving = [m for m in rig.joint_states[-30:] if np.abs(m.velocity).max() > 0.1]
+    assert moving and all(len(m.velocity) == 7 for m in rig.joint_states)
+    # the fake arm's velocity is its lag's: (command - measured) / tau, in the direction of motion
+    assert all(np.sign(m.velocity[0]) == 1.0 for m in moving)
+    ages = np.array([arrived - stamp for arrived, stamp in rig.received[-50:]])
+    assert ages.min() >= 0.05 - 0.002  # stamped 50 ms before the read, not when published
+    assert np.median(ages) < 0.05 + 0.03
+
+
+def test_safety_parameters_change_the_running_arm_or_are_refused(rig_factory):
+    backend = RecordingFakeBackend()
+    rig = rig_factory("params", backend)
+    keep_publishing(rig, np.append(xarm6.HOME + 0.01, 0.0), 0.3)  # the first motion over
+    result = rig.set_parameter("max_velocity", 0.5)
+    assert result.successful
+    assert rig.driver.loop.limits.max_velocity == 0.5
+    start = len(backend.commands)
+    keep_publishing(rig, np.append(xarm6.HOME + 1.5, 0.0), 1.5)  # far: the arm goes at its limit
+    q = np.array([c for _, c in backend.commands[start:]])[:, :6]
+    speed = np.abs(np.diff(q, axis=0)).max(axis=1) / 0.01
+    assert speed.max() <= 0.5 + 1e-9 and speed.max() > 0.45, speed.max()
+    for value, reason in [(-1.0, "max_velocity must be in (0, 3.14]"), (float("nan"), "max_velocity must be"),
+                          (5.0, "max_velocity must be in (0, 3.14]")]:
+        result = rig.set_parameter("max_velocity", value)
+        assert not result.successful and reason in result.reason, result.reason
+        assert rig.driver.get_parameter("max_velocity").value == 0.5 and rig.driver.loop.limits.max_velocity == 0.5
+    assert not rig.set_parameter("max_acceleration", 0.0).successful
+    assert not rig.set_parameter("first_motion_scale", 1.5).successful
+    result = rig.set_parameter("servo_rate_hz", 250.0)
+    assert not result.successful and "read-only" in result.reason
+    result = rig.set_parameter("watchdog_ms", 250.0)
+    assert result.successful and rig.driver.loop.limits.watchdog_s == 0.25
+
+
+def test_lifecycle_with_the_sdk_backend_on_the_emulator(rig_factory, xarm_emulator):
+    emulator = xarm_emulator()
+    rig = rig_factory("lifecycle", None, backend="xarm_sdk", robot_ip=emulator.config.ip, autostart=False)
+    assert rig.lifecycle_state() == "unconfigured" and emulator.status()["connections"] == 0
+    assert not rig.call("recover").success  # not connected: says so
+    time.sleep(0.3)
+    assert rig.joint_states == []
+    target = np.append(xarm6.HOME + 0.2, 0.0)
+
+    assert rig.transition(Transition.TRANSITION_CONFIGURE)  # connects; holds the arm
+    assert rig.lifecycle_state() == "inactive" and emulator.status()["connections"] == 3
+    assert rig.wait_for(lambda: len(rig.joint_states) > 10, 2.0)
+    keep_publishing(rig, target, 0.3)
+    assert "not active" in rig.driver.loop.status().rejected
+    assert np.allclose(emulator.status()["joints"], xarm6.HOME, atol=1e-6)
+
+    assert rig.transition(Transition.TRANSITION_ACTIVATE)  # follows
+    keep_publishing(rig, target, 1.0)
+    assert np.allclose(emulator.status()["joints"], target[:6], atol=0.01)
+
+    keep_publishing(rig, np.append(xarm6.HOME, 0.0), 0.1)
+    assert rig.transition(Transition.TRANSITION_DEACTIVATE)  # brakes to rest and holds
+    time.sleep(0.5)
+    first = emulator.status()
+    keep_publishing(rig, np.append(xarm6.HOME, 0.0), 0.3)
+    assert np.allclose(emulator.status()["joints"], first["joints"], atol=1e-9)
+    assert first["mode"] == 1 and first["error"] == 0
+
+    assert rig.transition(Transition.TRANSITION_CLEANUP)  # disconnects
+    assert rig.lifecycle_state() == "unconfigured"
+    assert rig.wait_for(lambda: emulator.status()["connections"] == 0, 2.0)
+    published = len(rig.joint_states)
+    time.sleep(0.2)
+    assert len(rig.joint_states) == published
+
+
+@pytest.mark.parametrize("fault, level, words", [
+    ("C24", DiagnosticStatus.ERROR, "controller error C24: speed exceeds its limit"),
+    ("C31", DiagnosticStatus.ERROR, "controller error C31: collision caused abnormal current"),
+    ("freeze-report", DiagnosticStatus.ERROR, "the report stream is silent"),
+    ("gripper-lost", DiagnosticStatus.ERROR, "gripper/status connection: "),
+    ("W11", DiagnosticStatus.WARN, "controller warning W11: the controller's command buffer is full"),
+])
+def test_sdk_faults_in_words_on_diagnostics_and_in_the_log(rig_factory, xarm_emulator, capfd, fault, level, words):
+    emulator = xarm_emulator()
+    rig = rig_factory("faults", None, backend="xarm_sdk", robot_ip=emulator.config.ip)
+    target = np.append(xarm6.HOME + 0.3, 0.0)
+    keep_publishing(rig, target, 0.3)
+    emulator.inject(fault)
+    if fault == "gripper-lost":
+        keep_publishing(rig, np.append(xarm6.HOME + 0.3, 0.6), 0.2)  # a gripper command that is never answered
+    first = len(rig.diagnostics)
+    assert rig.wait_for(lambda: (d := rig.latest_diagnostic(first)) is not None and words in d.message, 5.0)
+    diagnostic = rig.latest_diagnostic(first)
+    assert diagnostic.level == level
+    values = {kv.key: kv.value for kv in diagnostic.values}
+    assert values["backend"] == "xarm_sdk"
+    assert words in capfd.readouterr().err  # and in the log
+    if level == DiagnosticStatus.WARN:  # a warning: the arm keeps following
+        keep_publishing(rig, np.append(xarm6.HOME - 0.1, 0.0), 1.0)
+        assert np.allclose(emulator.status()["joints"], xarm6.HOME - 0.1, atol=0.01)
+        return
+    sent = emulator.status()["servo_targets"]
+    keep_publishing(rig, target, 0.3)
+    assert emulator.status()["servo_targets"] == sent, "commands sent while the arm is in error"
+    emulator.clear_faults()
+    assert rig.call("recover").success
+    keep_publishing(rig, np.append(xarm6.HOME - 0.1, 0.0), 1.5)
+    assert np.allclose(emulator.status()["joints"], xarm6.HOME - 0.1, atol=0.01)
+
+
+def test_teaching_service(rig_factory):
+    backend = RecordingFakeBackend()
+    rig = rig_factory("teaching", backend)
+    keep_publishing(rig, np.append(xarm6.HOME + 0.1, 0.0), 0.5)
+    response = rig.call("set_teaching", SetBool.Request(data=True))
+    assert response.success and "by hand" in response.message
+    sent = len(backend.commands)
+    guided = xarm6.HOME + np.array([0.4, -0.3, 0.2, 0.5, -0.2, 0.3])
+    backend.guide(guided)
+    keep_publishing(rig, np.append(xarm6.HOME, 0.0), 0.3)  # refused: the arm is moved by hand
+    assert "teaching mode" in rig.driver.loop.status().rejected and len(backend.commands) == sent
+    assert np.allclose(rig.joint_states[-1].position[:6], guided)  # the guided pose is published
+    assert rig.call("set_teaching", SetBool.Request(data=False)).success
+    time.sleep(0.2)
+    assert np.allclose(np.array([c for _, c in backend.commands[sent:]])[:, :6], guided)  # holds there
+
+
+def test_teaching_refused_by_a_backend_without_it(rig_factory):
+    class NoTeaching(RecordingFakeBackend):
+        set_teaching = DriverBackend.set_teaching
+
+    rig = rig_factory("noteaching", NoTeaching())
+    response = rig.call("set_teaching", SetBool.Request(data=True))
+    assert not response.success and "fake backend has no teaching mode" in response.message
+    keep_publishing(rig, np.append(xarm6.HOME + 0.1, 0.0), 0.3)
+    assert not rig.driver.loop.status().teaching and rig.driver.loop.status().rejected == ""
+
+
+class DyingBackend(FakeBackend):
+    """Reads a malformed state after a while (a bug of any kind): publishing it raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def read_state(self):
+        self.reads += 1
+        state = super().read_state()
+        return state if self.reads < 50 else RobotState(None, 0.0, state.stamp, state.velocities)
+
+
+def test_a_dying_servo_thread_takes_the_driver_down_loudly(rig_factory, capfd):
+    rig = rig_factory("dying", DyingBackend())
+    assert rig.wait_for(lambda: rig.driver.loop is None, 5.0), "still configured"
+    assert rig.lifecycle_state() == "unconfigured"
+    first = len(rig.diagnostics)
+    assert rig.wait_for(lambda: (d := rig.latest_diagnostic(first)) is not None and d.level == DiagnosticStatus.ERROR,
+                        3.0)
+    message = rig.latest_diagnostic(first).message
+    assert message.startswith("servo thread died: TypeError") and "the arm was stopped" in message
+    err = capfd.readouterr().err
+    assert "servo thread died: TypeError" in err and "Traceback" in err
+    published = len(rig.joint_states)
+    time.sleep(0.2)
+    assert len(rig.joint_states) == published  # it does not look alive

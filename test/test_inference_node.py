@@ -194,14 +194,14 @@ def test_arm_on_the_fake_driver_never_stops_at_a_chunk_seam(rig_factory):
     # /joint_states are the inference node's state input. The policy (3 ticks per chunk) moves
     # joint1 steadily; a seam where the plan ran out, or one aligned to the wrong time, would show
     # as joint1 halting or stepping back.
-    from evo1_ros.nodes.driver import Xarm6DriverNode
+    from evo1_ros.nodes.driver import start_driver
 
     speed = 0.3  # rad/s
     policy = RampPolicy(chunk_length=32, delay=3 / RATE, slope=[speed, 0, 0, 0, 0, 0, 0])
     rig = rig_factory(policy, "loop", joint_state_topic="/loop/driver/joint_states", request_threshold=0.75,
                       max_observation_age_ms=1000.0)
     # Watchdog relaxed from 100 ms: this test is about seams, not about a busy machine's hiccups.
-    driver = Xarm6DriverNode(context=rig.context, parameter_overrides=[
+    driver = start_driver(context=rig.context, parameter_overrides=[
         Parameter("backend", value="fake"), Parameter("trajectory_topic", value="/loop/trajectory"),
         Parameter("joint_states_topic", value="/loop/driver/joint_states"), Parameter("watchdog_ms", value=500.0),
         Parameter("realtime_priority", value=0)])

@@ -226,6 +226,8 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
         for executable in executables + ["inference_node"]:
             assert re.search(rf"\[{executable}-\d+\]: process has finished cleanly", log), log[-4000:]
         assert "process has died" not in log, log[-4000:]
+        if use_sim == "false":  # the launch file configured and then activated the lifecycle driver
+            assert re.search(r"\[xarm6_driver\]: active: following", log), log[-4000:]
 
 
 def test_a_node_that_cannot_start_is_named_and_nothing_keeps_running():

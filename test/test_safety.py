@@ -7,6 +7,7 @@ test_driver_node.py and benchmarks/control_loop.py.
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evo1_ros.robot import xarm6
+from evo1_ros.robot.backend import BackendError, DriverBackend
 from evo1_ros.robot.backends import FakeBackend
 from evo1_ros.runtime.safety import SafetyFilter, SafetyLimits, TrajectoryRejected, braking_velocity
 from evo1_ros.runtime.servo import ServoLoop
@@ -47,6 +49,7 @@ def make_loop(limits=SafetyLimits(), rate_hz=100.0, start=xarm6.HOME):
     backend = RecordingBackend(clock, start)
     loop = ServoLoop(backend, limits, rate_hz, clock=clock)
     assert loop.connect()
+    loop.activate()
     return loop, backend, clock
 
 
@@ -129,7 +132,7 @@ def test_target_beyond_the_limit_stops_at_the_margin_without_overshoot():
     loop, backend, clock = make_loop(limits)
     far = np.append(xarm6.HOME, 0.0)
     far[2] = 50.0  # joint3 upper limit is 0.192
-    for _ in range(20):
+    for _ in range(40):  # 2 s: 0.64 rad at the first-motion speed takes 1.2 s
         loop.submit([clock.now + 0.01], [far])
         run(loop, clock, 0.05)
     joint3 = np.array(backend.commands)[:, 2]
@@ -273,3 +276,138 @@ def test_trajectories_planned_before_a_reset_or_recover_are_refused():
     loop.submit([clock.now + 0.5], [goal], stamp=clock.now)  # planned after: followed
     run(loop, clock, 0.3)
     assert np.abs(backend.commands[-1][:6] - xarm6.HOME).max() > 0.02  # moving until the watchdog
+
+
+def command_speeds(commands, dt):
+    """Fastest joint's speed per tick over a command log."""
+    return np.abs(np.diff(np.array(commands)[:, :6], axis=0)).max(axis=1) / dt
+
+
+def test_first_motion_to_a_far_target_is_no_faster_than_the_reduced_limit():
+    """After activation, reset (e-stop), resume (after the watchdog) and recover, the arm ramps to
+    its first target at first_motion_scale * max_velocity until within the tolerance of it."""
+    limits = SafetyLimits()
+    slow = limits.first_motion_scale * limits.max_velocity
+    loop, backend, clock = make_loop(limits)
+    goal = np.append(xarm6.HOME + np.array([1.0, 0, 0, 0, 0, 0]), 0.0)  # 1 rad away
+
+    def reach(restart):
+        restart()
+        log = [loop.status().command]
+        began = clock.now
+        while np.abs(log[-1][:6] - goal[:6]).max() > limits.first_motion_tolerance:
+            start = len(backend.commands)
+            loop.submit([clock.now + 0.05], [goal])  # a policy that asks for it at once, again and again
+            run(loop, clock, 0.03)
+            log += backend.commands[start:]
+            assert clock.now - began < 10.0
+        speeds = command_speeds(log, loop.period)
+        assert speeds.max() <= slow + 1e-9 and speeds.max() > 0.9 * slow
+        assert clock.now - began >= (1.0 - limits.first_motion_tolerance) / slow
+
+    def back_home():  # not a first motion: full speed once the first one is over
+        start = len(backend.commands)
+        for _ in range(40):
+            loop.submit([clock.now + 0.05], [np.append(xarm6.HOME, 0.0)])
+            run(loop, clock, 0.03)
+        assert command_speeds(backend.commands[start - 1:], loop.period).max() > 0.9 * limits.max_velocity
+
+    reach(lambda: None)  # activated by make_loop
+    back_home()
+    reach(lambda: run(loop, clock, 0.5))  # resume after the watchdog held the arm
+    back_home()
+    reach(lambda: (loop.emergency_stop(), run(loop, clock, 0.3), loop.reset()))
+    back_home()
+    reach(loop.recover)
+
+
+def test_new_limits_take_effect_on_the_running_loop():
+    loop, backend, clock = make_loop()
+    far = np.append(xarm6.HOME + np.array([2.5, 0, 0, 0, 0, 0]), 0.0)
+    for _ in range(60):  # past the first motion, at full speed
+        loop.submit([clock.now + 0.05], [far if len(backend.commands) > 100 else np.append(xarm6.HOME + 0.01, 0)])
+        run(loop, clock, 0.03)
+    assert command_speeds(backend.commands[-5:], loop.period).min() > 2.0
+    loop.set_limits(SafetyLimits(max_velocity=0.5))
+    start = len(backend.commands)
+    for _ in range(20):
+        loop.submit([clock.now + 0.05], [far])
+        run(loop, clock, 0.03)
+    speeds = command_speeds(backend.commands[start - 1:], loop.period)
+    assert (np.diff(speeds[:10]) < 0).all()  # braking to the new limit at max_acceleration
+    assert speeds[-20:].max() <= 0.5 + 1e-9 and loop.limits.max_velocity == 0.5
+
+
+def test_inactive_loop_refuses_trajectories_and_holds():
+    loop, backend, clock = make_loop()
+    goal = np.append(xarm6.HOME + 0.5, 0.0)
+    for _ in range(10):
+        loop.submit([clock.now + 0.2], [goal])
+        run(loop, clock, 0.03)
+    loop.deactivate()
+    with pytest.raises(TrajectoryRejected, match="not active"):
+        loop.submit([clock.now + 0.2], [goal])
+    run(loop, clock, 0.5)
+    assert np.ptp(np.array(backend.commands[-10:]), axis=0).max() == 0.0  # at rest, held
+    assert "inactive" in loop.status().stopping_reason and not loop.status().active
+    loop.activate()
+    loop.submit([clock.now + 0.2], [goal])
+    run(loop, clock, 0.1)
+    assert np.abs(backend.commands[-1] - backend.commands[-10]).max() > 0
+
+
+def test_teaching_sends_nothing_and_holds_where_the_arm_was_put():
+    loop, backend, clock = make_loop()
+    loop.set_teaching(True)
+    sent = len(backend.commands)
+    with pytest.raises(TrajectoryRejected, match="teaching mode"):
+        loop.submit([clock.now + 0.2], [np.append(xarm6.HOME + 0.3, 0.0)])
+    guided = xarm6.HOME + np.array([0.4, -0.2, 0.1, 0.3, -0.1, 0.2])
+    backend.guide(guided)
+    run(loop, clock, 0.2)
+    assert len(backend.commands) == sent and np.allclose(loop.status().state.positions, guided)
+    loop.set_teaching(False)
+    run(loop, clock, 0.2)
+    assert np.allclose(np.array(backend.commands[sent:])[:, :6], guided)  # holds there, no jump back
+
+
+def test_a_backend_without_teaching_mode_refuses_it():
+    class NoTeaching(RecordingBackend):
+        set_teaching = DriverBackend.set_teaching
+
+    clock = Clock()
+    loop = ServoLoop(NoTeaching(clock), clock=clock)
+    assert loop.connect()
+    with pytest.raises(BackendError, match="fake backend has no teaching mode"):
+        loop.set_teaching(True)
+    assert not loop.status().teaching
+
+
+def test_a_dying_servo_thread_stops_the_arm_and_says_why():
+    class Recording(FakeBackend):
+        stops = 0
+
+        def stop(self):
+            Recording.stops += 1
+            super().stop()
+
+    deaths = []
+    ticks = []
+
+    def on_state(state):
+        ticks.append(state)
+        if len(ticks) == 20:
+            raise ZeroDivisionError("a bug")
+
+    loop = ServoLoop(Recording(), on_state=on_state, on_death=deaths.append, realtime_priority=0)
+    assert loop.connect()
+    loop.start()
+    loop.activate()
+    deadline = time.monotonic() + 5.0
+    while not deaths and time.monotonic() < deadline:
+        time.sleep(0.01)
+    status = loop.status()
+    assert deaths == [status.fault] and status.fault == "servo thread died: ZeroDivisionError: a bug"
+    assert not status.alive and Recording.stops == 1 and "ZeroDivisionError" in loop.death_details
+    time.sleep(0.1)
+    assert len(ticks) == 20  # and it really stopped

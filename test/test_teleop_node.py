@@ -1,6 +1,7 @@
 """Operators over real rclpy/DDS: the sim expert -> recorder -> dataset; the teleop node's keyboard
 jog and episode keys against the driver and recorder; its teaching source asking the driver for
-teaching mode and streaming the guided pose."""
+teaching mode and streaming the guided pose, with the driver on the xArm controller emulator behind
+the unmodified SDK."""
 
 import signal
 import subprocess
@@ -13,7 +14,6 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from evo1_ros.data import bag  # noqa: E402
@@ -174,11 +174,11 @@ def test_sigterm_ends_the_teleop_process_cleanly():
 # --- keyboard --------------------------------------------------------------------------------------
 
 def test_keyboard_jogs_the_driver_and_runs_recorder_episodes(tmp_path):
-    from evo1_ros.nodes.driver import Xarm6DriverNode
+    from evo1_ros.nodes.driver import start_driver
     from evo1_ros.nodes.recorder import RecorderNode
 
     def make(context, nodes):
-        nodes.append(Xarm6DriverNode(**override(context, backend="fake", realtime_priority=0)))
+        nodes.append(start_driver(**override(context, backend="fake", realtime_priority=0)))
         nodes.append(RecorderNode(**override(context, output_dir=str(tmp_path))))  # its cameras stay silent
         nodes.append(TeleopNode(**override(context, source="keyboard", instruction=INSTRUCTION)))
 
@@ -221,39 +221,35 @@ def forward_tcp(q):
 
 # --- teaching --------------------------------------------------------------------------------------
 
-def test_teaching_asks_the_driver_and_streams_the_guided_pose():
-    """The driver owns the arm: the teaching source asks its ~/set_teaching (here a stand-in
-    service) for teaching mode and back, and streams the pose the driver measures."""
-    requests = []
+def test_teaching_asks_the_driver_and_streams_the_guided_pose(xarm_emulator):
+    """The driver owns the arm: the teaching source asks its ~/set_teaching for the xArm's joint
+    teaching mode (mode 2 on the emulated controller), streams the pose the driver measures while the
+    operator moves the arm, and hands the arm back to servo following on the way out."""
+    from evo1_ros.nodes.driver import start_driver
 
-    def on_set_teaching(request, response):
-        requests.append(request.data)
-        response.success, response.message = True, "teaching" if request.data else "servoing"
-        return response
+    emulator = xarm_emulator()  # the xArm controller emulator, behind the unmodified SDK
 
     def make(context, nodes):
-        driver = rclpy.create_node("xarm6_driver", context=context)
-        driver.create_service(SetBool, "~/set_teaching", on_set_teaching)
-        nodes.append(driver)
+        nodes.append(start_driver(**override(context, backend="xarm_sdk", robot_ip=emulator.config.ip)))
         nodes.append(TeleopNode(**override(context, source="teaching")))
 
     graph = Graph(make)
     try:
         teleop = graph.nodes[-1]
-        wait_for(lambda: requests == [True], what="the request for teaching mode")
         commands = graph.latest(JointTrajectory, topics.TRAJECTORY)
+        states = graph.latest(JointState, topics.JOINT_STATES)
+        wait_for(lambda: emulator.status()["mode"] == 2, what="the arm in teaching mode")
         guided = [0.3, -0.2, -0.9, 0.1, 1.0, -0.4]
-        measured = graph.listener.create_publisher(JointState, topics.JOINT_STATES, 10)
-
-        def streamed(expected):  # the driver keeps publishing the pose the operator moved the arm to
-            measured.publish(JointState(name=list(xarm6.JOINT_STATE_NAMES), position=guided + [0.2]))
-            return commands and list(commands[-1].points[0].positions) == expected
-
-        wait_for(lambda: streamed(guided + [0.2]), what="the guided pose as the commanded trajectory")
-        teleop.handle_key("c")  # the gripper keys work
+        emulator.guide(guided)  # the operator moves the arm
+        wait_for(lambda: states and np.allclose(states[-1].position[:6], guided, atol=1e-6),
+                 what="the guided pose as joint state")
+        teleop.handle_key("c")  # the gripper key goes into the recorded command
         teleop.handle_key("i")  # jog keys do nothing: the arm is moved by hand
-        wait_for(lambda: streamed(guided + [xarm6.GRIPPER_CLOSED]), what="the closed gripper in the command")
+        wait_for(lambda: commands and np.allclose(commands[-1].points[0].positions, guided + [xarm6.GRIPPER_CLOSED],
+                                                  atol=1e-6),
+                 what="the guided pose and closed gripper as the commanded trajectory")
+        assert emulator.status()["servo_targets"] == 0  # nothing was sent to move the arm
         teleop.close_source()
-        assert requests == [True, False]  # and back to servoing on the way out
+        wait_for(lambda: emulator.status()["mode"] == 1, what="the arm back in servo mode")
     finally:
         graph.close()

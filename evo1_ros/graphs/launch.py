@@ -38,7 +38,7 @@ ARGUMENTS = {  # name: (default, description); an empty value keeps the params f
 }
 
 INFERENCE = "evo1_ros.nodes.inference:InferenceNode"
-DRIVER = "evo1_ros.nodes.driver:Xarm6DriverNode"
+DRIVER = "evo1_ros.nodes.driver:start_driver"  # the driver, taken to active
 CAMERA = "evo1_ros.nodes.camera:CameraNode"
 SIM = "evo1_ros.nodes.sim:SimNode"
 SIM_BRINGUP = "evo1_ros.nodes.sim:bring_up"
@@ -48,7 +48,7 @@ GHOST_PREFIX = "ghost/"
 @dataclass(frozen=True)
 class NodeSpec:
     name: str  # the node's name, also its section in the params file
-    plugin: str  # "module:Class" that `evo1-ros launch` builds; "" = a ROS install's program
+    plugin: str  # "module:callable" that `evo1-ros launch` builds it with; "" = a ROS install's program
     parameters: dict = field(default_factory=dict)  # on top of the params file
 
 

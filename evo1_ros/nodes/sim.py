@@ -143,7 +143,7 @@ def bring_up(node_kwargs: dict[str, dict] | None = None) -> dict[str, Node]:
     cli_args, parameter_overrides; the sim's `world`). After an episode reset the arm is at HOME,
     so the driver starts over from there instead of dragging the arm back to where the previous
     episode ended."""
-    from evo1_ros.nodes.driver import Xarm6DriverNode
+    from evo1_ros.nodes.driver import start_driver
     from evo1_ros.sim.backend import SimBackend
     from evo1_ros.sim.lockstep import LockstepWorld
 
@@ -152,9 +152,9 @@ def bring_up(node_kwargs: dict[str, dict] | None = None) -> dict[str, Node]:
     sim = SimNode(**sim_kwargs)
     nodes = {"evo1_sim": sim}
     try:
-        driver = Xarm6DriverNode(backend=SimBackend(sim.world, speed=sim.speed), **node_kwargs.get("xarm6_driver", {}))
+        driver = start_driver(SimBackend(sim.world, speed=sim.speed), **node_kwargs.get("xarm6_driver", {}))
         nodes["xarm6_driver"] = driver
-        sim.on_reset = driver.loop.recover
+        sim.on_reset = lambda: driver.loop.recover()  # the loop of the moment: a re-configure makes a new one
         if isinstance(sim.world, LockstepWorld):
             nodes["sim_clock"] = sim_clock_node(sim.world, sim, sim_kwargs.get("context"))
     except BaseException:

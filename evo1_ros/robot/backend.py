@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+NO_SUCH_COMMAND = -4  # the SDK's code for a command that does not exist
+
+
 class BackendError(RuntimeError):
     """The robot refused or failed a call. `code` is the SDK/controller code, `words` explains it."""
 
@@ -25,9 +28,11 @@ class BackendError(RuntimeError):
 class RobotState:
     positions: np.ndarray  # (6,) joint angles, rad
     gripper: float  # drive_joint, 0 open .. 0.85 closed
-    stamp: float  # time.monotonic() when read
+    stamp: float  # time.monotonic() when measured (not when read)
+    velocities: np.ndarray  # (7,) joints rad/s, then the gripper drive per second
     error_code: int = 0  # 0 = no controller error
     error_words: str = ""
+    warning_words: str = ""  # an uncleared controller warning in words ("" = none); the arm keeps moving
 
 
 class DriverBackend(abc.ABC):
@@ -58,3 +63,36 @@ class DriverBackend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection."""
+
+    def set_teaching(self, on: bool) -> RobotState:
+        """Enter (True) or leave hand-guiding: while on, the arm is moved by hand and `command` is not
+        called; leaving it, the arm holds where it was put. Backends that cannot refuse."""
+        raise BackendError(NO_SUCH_COMMAND, f"the {self.name} backend has no teaching mode")
+
+    def helper_threads(self) -> list[int]:
+        """Native ids of threads that `command` and `read_state` wait on (e.g. a socket's receiver):
+        the servo loop gives them its own real-time priority."""
+        return []
+
+    def diagnostics(self) -> dict[str, str]:
+        """Backend figures worth showing on /diagnostics (called from another thread: read only)."""
+        return {}
+
+
+class VelocityEstimate:
+    """Velocities from successive measurements: a finite difference over a smoothed sample period,
+    so jitter in when samples arrive does not show up as jitter in the velocity."""
+
+    def __init__(self, size: int):
+        self.velocities = np.zeros(size)
+        self._last: tuple[float, np.ndarray] | None = None
+        self._period: float | None = None
+
+    def update(self, stamp: float, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=float)
+        if self._last is not None and stamp > self._last[0]:
+            interval = stamp - self._last[0]
+            self._period = interval if self._period is None else 0.9 * self._period + 0.1 * interval
+            self.velocities = (values - self._last[1]) / max(self._period, 1e-4)
+        self._last = (stamp, values)
+        return self.velocities

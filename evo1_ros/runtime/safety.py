@@ -9,7 +9,13 @@ driver follows has passed `SafetyFilter.check_trajectory`. The guarantees, per s
 - a non-finite target is never followed: the arm decelerates and holds;
 - the gripper stays in [0, 0.85] and moves at most `gripper_max_velocity`;
 - no fresh trajectory for `watchdog_s`, or a latched emergency stop: decelerate and hold.
-  The emergency stop latches until `reset()`; trajectories that arrive meanwhile are refused.
+  The emergency stop latches until `reset()`; trajectories that arrive meanwhile are refused;
+- first motion: whenever the filter starts following after holding (start-up, reset, recover, a
+  new trajectory after the watchdog, leaving teaching mode), joints move at most
+  `first_motion_scale * max_velocity` until every joint is within `first_motion_tolerance` of its
+  target, so a first target far from where the arm stands is approached slowly.
+
+`limits` may be replaced between ticks (a new `SafetyLimits`, whole): `step` reads it once per tick.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class SafetyLimits:
     max_acceleration: float = xarm6.MOVEIT_MAX_ACCELERATION  # rad/s^2, every joint
     gripper_max_velocity: float = 1.7  # drive units/s: a full stroke (0.85) in 0.5 s
     watchdog_s: float = 0.1  # no fresh trajectory for this long -> stop
+    first_motion_scale: float = 0.25  # fraction of max_velocity for the first motion after holding
+    first_motion_tolerance: float = 0.02  # rad: the first motion ends once every joint is this close
 
     def __post_init__(self):
         widest_margin = 0.5 * float(np.min(xarm6.JOINT_UPPER - xarm6.JOINT_LOWER))
@@ -48,6 +56,10 @@ class SafetyLimits:
             raise ValueError("gripper_max_velocity must be > 0")
         if not self.watchdog_s > 0.0:
             raise ValueError("watchdog_s must be > 0")
+        if not 0.0 < self.first_motion_scale <= 1.0:
+            raise ValueError("first_motion_scale must be in (0, 1] (a fraction of max_velocity)")
+        if not self.first_motion_tolerance > 0.0:
+            raise ValueError("first_motion_tolerance must be > 0 rad")
 
     @property
     def lower(self) -> np.ndarray:
@@ -84,12 +96,18 @@ class SafetyFilter:
         self.estopped = False
         self._last_trajectory_time = -math.inf
         self.stopping_reason = "no trajectory yet"  # "" while following a trajectory
+        self.first_motion = False  # moving under the first-motion speed limit
 
     def sync(self, positions: np.ndarray, gripper: float) -> None:
-        """Start from the measured state at rest (after connect or recover)."""
+        """Start from the measured state at rest (after connect or recover): slowly, a first motion."""
         self.positions = np.asarray(positions, dtype=float).copy()
         self.velocities = np.zeros(xarm6.NUM_JOINTS)
         self.gripper = float(np.clip(gripper, xarm6.GRIPPER_OPEN, xarm6.GRIPPER_CLOSED))
+        self.first_motion = True
+
+    def come_to_rest(self) -> None:
+        """The arm stood still at the last command (a tick stalled in the backend): go on from rest."""
+        self.velocities = np.zeros(xarm6.NUM_JOINTS)
 
     def emergency_stop(self) -> None:
         self.estopped = True
@@ -135,6 +153,7 @@ class SafetyFilter:
         """Next servo command (6 joint angles, gripper drive) toward `target` (7,) or, when there
         is no target, it is not finite, the watchdog expired or the e-stop is latched, toward rest."""
         lim = self.limits
+        holding = bool(self.stopping_reason)
         if self.estopped:
             self.stopping_reason = "emergency stop"
         elif self.watchdog_expired(now):
@@ -152,7 +171,10 @@ class SafetyFilter:
         else:
             joint_target = np.clip(target[: xarm6.NUM_JOINTS], lim.lower, lim.upper)
             error = joint_target - q
-            speed = np.minimum(lim.max_velocity, braking_velocity(np.abs(error), lim.max_acceleration, dt))
+            if holding:  # following again after holding: the first motion is a slow one
+                self.first_motion = True
+            max_velocity = lim.max_velocity * (lim.first_motion_scale if self.first_motion else 1.0)
+            speed = np.minimum(max_velocity, braking_velocity(np.abs(error), lim.max_acceleration, dt))
             desired_velocity = np.sign(error) * speed
             gripper_target = float(np.clip(target[-1], xarm6.GRIPPER_OPEN, xarm6.GRIPPER_CLOSED))
         # Acceleration bound, then whatever still lets us stop before each joint limit. The two
@@ -165,6 +187,9 @@ class SafetyFilter:
         # The clip only absorbs float rounding (the braking curve already keeps q inside) and never
         # pulls a joint that starts outside the margin inward faster than the bounds allow.
         self.positions = np.clip(q + self.velocities * dt, np.minimum(lim.lower, q), np.maximum(lim.upper, q))
+        if self.first_motion and not self.stopping_reason and (
+                np.abs(joint_target - self.positions).max() <= lim.first_motion_tolerance):
+            self.first_motion = False  # arrived: full speed from the next tick
         max_gripper_step = lim.gripper_max_velocity * dt
         self.gripper += float(np.clip(gripper_target - self.gripper, -max_gripper_step, max_gripper_step))
         return self.positions.copy(), self.gripper

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from evo1_ros.robot.backend import DriverBackend, RobotState
+from evo1_ros.robot.backend import DriverBackend, RobotState, VelocityEstimate
 from evo1_ros.sim.world import SimWorld, shared_world
 
 TICK_S = 0.005  # wall seconds between physics catch-ups
@@ -28,6 +28,7 @@ class SimBackend(DriverBackend):
         self.speed = speed
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._gripper_velocity = VelocityEstimate(1)  # the world has joint velocities, not the drive's
 
     def connect(self) -> RobotState:
         if self._thread is None:
@@ -50,7 +51,9 @@ class SimBackend(DriverBackend):
 
     def read_state(self) -> RobotState:
         with self.world.lock:
-            return RobotState(self.world.joint_positions(), self.world.gripper(), time.monotonic())
+            now, gripper = time.monotonic(), self.world.gripper()
+            velocities = np.append(self.world.joint_velocities(), self._gripper_velocity.update(now, [gripper]))
+            return RobotState(self.world.joint_positions(), gripper, now, velocities)
 
     def command(self, positions: np.ndarray, gripper: float) -> None:
         self.world.set_target(np.asarray(positions, dtype=float), gripper)

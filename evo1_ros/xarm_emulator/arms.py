@@ -1,0 +1,96 @@
+"""The emulated controller's arm: `KinematicArm` (moves exactly as commanded, within the joint speed
+limit) or `SimArm` (the MuJoCo world of `evo1_ros.sim`, stepped by the controller's cycle).
+
+Both take the controller's targets (6 joint angles, rad; gripper `drive_joint`, 0 open .. 0.85
+closed) and are advanced by `step(dt)` from the controller's cycle thread only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evo1_ros.robot import xarm6
+
+
+class KinematicArm:
+    """Joints move straight to their target at up to `max_speed` (rad/s); the gripper at its speed."""
+
+    name = "kinematic"
+
+    def __init__(self, initial=xarm6.HOME, max_speed: float = np.pi, gripper: float = xarm6.GRIPPER_OPEN):
+        self.max_speed = max_speed
+        self._joints = np.array(initial, dtype=float)
+        self._target = self._joints.copy()
+        self._velocities = np.zeros(xarm6.NUM_JOINTS)
+        self._gripper = float(gripper)
+        self._gripper_target, self._gripper_speed = self._gripper, 1.0
+
+    def set_target(self, joints: np.ndarray) -> None:
+        self._target = np.array(joints, dtype=float)
+
+    def set_gripper_target(self, drive: float, speed: float) -> None:
+        """speed: drive units per second."""
+        self._gripper_target, self._gripper_speed = float(drive), float(speed)
+
+    def place(self, joints: np.ndarray) -> None:
+        """Put the arm here by hand (teaching): it stays where it is put."""
+        self._joints = np.array(joints, dtype=float)
+        self._target = self._joints.copy()
+
+    def step(self, dt: float) -> None:
+        if dt <= 0:
+            return
+        move = np.clip(self._target - self._joints, -self.max_speed * dt, self.max_speed * dt)
+        self._joints += move
+        self._velocities = move / dt
+        step = self._gripper_speed * dt
+        self._gripper += float(np.clip(self._gripper_target - self._gripper, -step, step))
+
+    def joints(self) -> np.ndarray:
+        return self._joints.copy()
+
+    def velocities(self) -> np.ndarray:
+        return self._velocities.copy()
+
+    def gripper(self) -> float:
+        return self._gripper
+
+
+class SimArm:
+    """A `SimWorld`'s xArm6 as the controller's arm. The controller's cycle steps the physics, so
+    the world must not be stepped by anyone else (no `SimBackend` on it); cameras may render it."""
+
+    name = "sim"
+
+    def __init__(self, world):
+        self.world = world
+        self._target = world.joint_positions()
+        self._gripper_target = world.gripper()
+        self._owed = 0.0  # seconds of physics owed to the controller's clock (whole timesteps run)
+
+    def set_target(self, joints: np.ndarray) -> None:
+        self._target = np.array(joints, dtype=float)
+
+    def set_gripper_target(self, drive: float, speed: float) -> None:
+        self._gripper_target = float(drive)  # the sim's finger actuators set the speed
+
+    def place(self, joints: np.ndarray) -> None:
+        raise ValueError("the sim arm moves by physics only; guide the kinematic arm instead")
+
+    def step(self, dt: float) -> None:
+        timestep = self.world.model.opt.timestep
+        self._owed += dt
+        steps = int(self._owed / timestep)
+        if steps:
+            self.world.set_target(self._target, self._gripper_target)
+            self.world.step(steps * timestep)
+            self._owed -= steps * timestep
+
+    def joints(self) -> np.ndarray:
+        return self.world.joint_positions()
+
+    def velocities(self) -> np.ndarray:
+        return self.world.joint_velocities()
+
+    def gripper(self) -> float:
+        return self.world.gripper()
