@@ -2,7 +2,9 @@
 
 `SimNode` renders the shared `SimWorld`'s cameras onto the topics the camera node uses
 (`/<camera_namespace>/<name>/color/image_raw` + `camera_info`, rgb8), publishes `~/success`
-(std_msgs/Bool, can in box) with every frame and resets episodes on `~/reset` (std_srvs/Trigger).
+(std_msgs/Bool, the task's detector) with every frame and resets episodes on `~/reset`
+(std_srvs/Trigger): episode i after `seed` was set shows seed + i of the `task` in the `scene`
+(parameters; a change applies from the next reset, and setting `seed` starts the count again).
 `main` runs it beside an unmodified `xarm6_driver` whose backend is a `SimBackend` on the same
 world: the world lives in this process, so `use_sim` starts `sim_node` in place of both the driver
 and the camera node, and the inference node sees exactly the topics of the real setup.
@@ -15,6 +17,7 @@ import threading
 import time
 from typing import Callable
 
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -24,6 +27,8 @@ from std_srvs.srv import Trigger
 from evo1_ros.nodes.camera import Intrinsics, camera_info
 from evo1_ros.nodes.messages import array_to_image, to_time
 from evo1_ros.sim.mjcf import CAMERAS
+from evo1_ros.sim.scenes import SCENES
+from evo1_ros.sim.tasks import DEFAULT_TASK, TASKS, check_settings
 from evo1_ros.sim.world import SimWorld, shared_world
 from evo1_ros.nodes.spin import run_nodes
 
@@ -36,7 +41,16 @@ class SimNode(Node):
         image_size = self.declare_parameter("image_size", 448).value
         self.fps = self.declare_parameter("fps", 15.0).value
         namespace = self.declare_parameter("camera_namespace", "camera").value
-        self.seed = self.declare_parameter("seed", 0).value
+        self.seed = self.declare_parameter("seed", 0, ParameterDescriptor(
+            description="the next reset's seed; each later reset adds one (setting it starts over)")).value
+        self.declare_parameter("task", DEFAULT_TASK, ParameterDescriptor(
+            description=f"task of the next episodes: {', '.join(TASKS)}"))
+        self.declare_parameter("scene", "default", ParameterDescriptor(
+            description=f"scene of the next episodes: {', '.join(SCENES)}, or a mix (mix | NAME:WEIGHT,...)"))
+        reason = self._episode_settings_refused(self.get_parameter("task").value, self.get_parameter("scene").value)
+        if reason:
+            raise ValueError(reason)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.world = world or shared_world(image_size)
         self.on_reset = on_reset
         self.resets = 0
@@ -90,13 +104,33 @@ class SimNode(Node):
                 info_pub.publish(info)
             self._success_pub.publish(Bool(data=self.world.success()))
 
+    @staticmethod
+    def _episode_settings_refused(task: str, scene: str) -> str | None:
+        try:
+            check_settings(task, scene)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        values = {p.name: p.value for p in parameters}
+        reason = self._episode_settings_refused(values.get("task", self.get_parameter("task").value),
+                                                values.get("scene", self.get_parameter("scene").value))
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+        if "seed" in values:
+            self.seed, self.resets = values["seed"], 0
+        return SetParametersResult(successful=True)
+
     def _on_reset(self, request, response):
         seed = self.seed + self.resets
         self.resets += 1
-        self.world.reset(seed)
+        self.world.reset(seed, self.get_parameter("task").value, self.get_parameter("scene").value)
         if self.on_reset is not None:
             self.on_reset()
-        response.success, response.message = True, f"episode {self.world.episode} (seed {seed})"
+        response.success = True
+        response.message = (f"episode {self.world.episode} (seed {seed}, task {self.world.task.name}, "
+                            f"scene {self.world.scene.name})")
         return response
 
     def destroy_node(self):

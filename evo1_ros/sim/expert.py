@@ -36,6 +36,7 @@ POUR_Z = 0.38  # TCP (the cup's centre) height over the box while pouring
 POUR_ROLL = math.radians(165)  # wrist roll that turns the cup over (joint6 stays inside its range)
 POUR_HOLD = 3.0  # s held turned over at the end of the plan
 SPEED = 0.3  # m/s, cruise speed of the free moves
+IK_TOLERANCE = 0.003  # m (+ a tenth of the largest rotation-matrix entry error) a knot may miss by
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,22 @@ def _min_jerk(n: int) -> np.ndarray:
     return s**3 * (10 - 15 * s + 6 * s**2)
 
 
-class _Builder:
-    """Appends trajectory knots segment by segment, starting from joint angles q0."""
+class Unreachable(ValueError):
+    """A knot the IK could not put the TCP on (joint limits, out of reach)."""
 
-    def __init__(self, q0: np.ndarray, gripper: float):
+
+class _Builder:
+    """Appends trajectory knots segment by segment, starting from joint angles q0. With `tolerance`
+    (m) a knot whose TCP misses its pose by more raises Unreachable."""
+
+    def __init__(self, q0: np.ndarray, gripper: float, tolerance: float | None = None):
         self.rows = [np.append(q0, gripper)]
+        self.tolerance = tolerance
+
+    def copy(self) -> "_Builder":
+        twin = _Builder(self.q, self.rows[-1][6], self.tolerance)
+        twin.rows = list(self.rows)
+        return twin
 
     @property
     def q(self) -> np.ndarray:
@@ -122,7 +134,13 @@ class _Builder:
             pose = np.eye(4)
             pose[:3, :3] = rot.reshape(3, 3)
             pose[:3, 3] = start[:3, 3] + s * (goal[:3, 3] - start[:3, 3])
-            self.rows.append(np.append(solve_ik(pose, self.q), gripper))
+            q = solve_ik(pose, self.q)
+            if self.tolerance is not None:
+                reached = forward_kinematics(q).tcp
+                miss = np.linalg.norm(reached[:3, 3] - pose[:3, 3]) + 0.1 * np.abs(reached[:3, :3] - pose[:3, :3]).max()
+                if miss > self.tolerance:
+                    raise Unreachable(f"TCP misses {np.round(pose[:3, 3], 3)} by {miss:.3f}")
+            self.rows.append(np.append(q, gripper))
 
     def hold(self, seconds: float) -> None:
         self.rows.extend([self.rows[-1]] * round(seconds / PLAN_DT))
@@ -201,6 +219,18 @@ def side_on(position, bearing: float, pitch: float = 0.0, roll: float = 0.0) -> 
     return pose
 
 
+def _first_reachable(b: _Builder, ways) -> _Builder:
+    """The builder extended by the first of `ways` (each extends a copy) whose knots all reach."""
+    for way in ways:
+        trial = b.copy()
+        try:
+            way(trial)
+            return trial
+        except Unreachable:
+            continue
+    raise Unreachable("no way tried reaches")
+
+
 def plan_pour(q0: np.ndarray, gripper0: float, poses: dict) -> Plan:
     """Pinch the cup from the side with the jaws pitched down, lift it, carry it over the box
     while levelling the jaws, and roll the wrist until the opening points down; hold it there.
@@ -208,23 +238,37 @@ def plan_pour(q0: np.ndarray, gripper0: float, poses: dict) -> Plan:
     Why this way: a level side grasp at table height is out of the xArm6's reach near its base
     (joint5 and the elbow run into their limits), a pitched one is not; and the roll about a level
     reach axis turns the cup's axis (which starts CUP_GRASP_PITCH off that axis' normal) to
-    cos(CUP_GRASP_PITCH) * cos(POUR_ROLL) = -0.62 vertical: 52 degrees off straight down."""
+    cos(CUP_GRASP_PITCH) * cos(POUR_ROLL) = -0.62 vertical: 52 degrees off straight down. The
+    reach is radial where the arm can do it, else turned by up to 60 degrees (objects near the base
+    or far to the side), whichever first reaches every knot."""
     cup, box = poses["cup"][0][:2], poses["box"][0][:2]
     cup_bearing, box_bearing = math.atan2(cup[1], cup[0]), math.atan2(box[1], box[0])
-    grasp = side_on((*cup, CUP_GRASP_Z), cup_bearing, CUP_GRASP_PITCH)
-    before = grasp.copy()  # back along the reach and up: the jaws come in over the rim
-    before[:3, 3] += -CUP_APPROACH[0] * grasp[:3, 2] + (0.0, 0.0, CUP_APPROACH[1])
-    b = _Builder(np.asarray(q0, dtype=float), gripper0)
-    b.grip(GRIPPER_OPEN, 0.2, 0.0)
-    b.move(before, 1.6)
-    b.move(grasp, 1.0)
-    b.grip(GRIPPER_CLOSED, 0.5, 0.3)
-    b.move(side_on((*cup, POUR_Z), cup_bearing, CUP_GRASP_PITCH), 1.2)
-    b.move(side_on((*box, POUR_Z), box_bearing))
-    # joint6 turns the cup over (the reach axis is joint6's): the way that keeps it in its range
-    roll = -POUR_ROLL if b.q[5] > 0 else POUR_ROLL
-    b.move(side_on((*box, POUR_Z), box_bearing, roll=roll), 1.5)
-    b.hold(POUR_HOLD)
+
+    def pick(bearing):
+        def way(b: _Builder) -> None:
+            grasp = side_on((*cup, CUP_GRASP_Z), bearing, CUP_GRASP_PITCH)
+            before = grasp.copy()  # back along the reach and up: the jaws come in over the rim
+            before[:3, 3] += -CUP_APPROACH[0] * grasp[:3, 2] + (0.0, 0.0, CUP_APPROACH[1])
+            b.grip(GRIPPER_OPEN, 0.2, 0.0)
+            b.move(before, 1.6)
+            b.move(grasp, 1.0)
+            b.grip(GRIPPER_CLOSED, 0.5, 0.3)
+            b.move(side_on((*cup, POUR_Z), bearing, CUP_GRASP_PITCH), 1.2)
+        return way
+
+    def pour(bearing):
+        def way(b: _Builder) -> None:
+            b.move(side_on((*box, POUR_Z), bearing))
+            # joint6 turns the cup over (the reach axis is joint6's): the way that keeps it in its range
+            roll = -POUR_ROLL if b.q[5] > 0 else POUR_ROLL
+            b.move(side_on((*box, POUR_Z), bearing, roll=roll), 1.5)
+            b.hold(POUR_HOLD)
+        return way
+
+    turns = np.radians([0, 30, -30, 60, -60])
+    b = _Builder(np.asarray(q0, dtype=float), gripper0, tolerance=IK_TOLERANCE)
+    b = _first_reachable(b, [pick(cup_bearing + t) for t in turns])
+    b = _first_reachable(b, [pour(box_bearing + t) for t in turns])
     return _plan(b)
 
 
