@@ -152,7 +152,8 @@ def train_stage(model, processor, dataset, stage: int, steps: int, out: Path, ar
         lr = lr_at(step, args.lr, args.warmup, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        obs, actions, action_mask = model_inputs(next(batches), model.config, ctx.device, AUGMENT_P)
+        obs, actions, action_mask = model_inputs(next(batches), model.config, ctx.device, AUGMENT_P,
+                                                   augment_shift=args.augment_shift)
         with autocast:
             loss = step_loss(obs, actions, action_mask)
         loss.backward()
