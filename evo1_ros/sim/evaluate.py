@@ -94,7 +94,8 @@ def run(args) -> int:
         return refuse("--episodes must be at least 1")
     try:
         pairs = select(args.task, args.scene)
-        first = protocol.parse_seeds(args.seeds) if args.seeds else (args.seed or 0)
+        first = (protocol.parse_seeds(args.seeds) if args.seeds
+                 else args.seed if args.seed is not None else protocol.SEED_RANGES["dev"].first)
         seed_range = protocol.check_episodes(first, args.episodes)
     except (UnknownName, ValueError) as e:
         return refuse(str(e))

@@ -32,7 +32,8 @@ def _yaw_quat(yaw: float) -> np.ndarray:
 
 class SimWorld:
     def __init__(self, image_size: int = 448, seed: int = 0, task: str = tasks.DEFAULT_TASK, scene: str = "default"):
-        """task: a task name; scene: a scene name or a mix (`scenes.parse_mix`), drawn per episode."""
+        """seed: seeds the world's own generator, which draws the seed of a reset not given one;
+        task: a task name; scene: a scene name or a mix (`scenes.parse_mix`), drawn per episode."""
         self.image_size = image_size
         self.model = mujoco.MjModel.from_xml_string(build_mjcf(image_size))
         self.data = mujoco.MjData(self.model)
@@ -56,7 +57,7 @@ class SimWorld:
         self.seed: int | None = None  # the current episode's
         self.task, self._mix = tasks.check_settings(task, scene)
         self._scene_spec = scene
-        self.scene = scenes.choose(self._mix, 0)
+        self.scene: scenes.Scene | None = None  # the current episode's (one of the mix)
         self.reset()
 
     # --- episodes -------------------------------------------------------------------------------
