@@ -5,10 +5,12 @@
 real time. This script is the quick loop used while training: `SimWorld` + `Evo1ChunkPolicy`, no
 DDS, physics as fast as the CPU allows. Each chunk is predicted from the current frames and state,
 and its first `--execute` rows are played one `--dt` apart (receding horizon, no crossfade), which
-is how a chunk of a `--rate 10` dataset is meant to be played. Success = the can stays in the box
-for 1.5 s (as `evo1-ros eval`), within `--max-seconds` of sim time.
+is how a chunk of a `--rate 10` dataset is meant to be played. Success = the task's detector says
+yes for 1.5 s (as `evo1-ros eval`), within `--max-seconds` of sim time. `--task` and `--scene` pick
+the episodes (one each; the task's own instruction unless `--instruction`).
 
     MUJOCO_GL=osmesa python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --seeds 0 50
+    python benchmarks/sim_eval_noros.py CHECKPOINT --task stack_cans --scene lighting --seeds 0 20
     MUJOCO_GL=osmesa python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --seeds 0 50 --noise-scale 1
     python benchmarks/sim_eval_noros.py models/evo1-tiny-sim --openloop /work/demos/dataset_112
 
@@ -30,33 +32,34 @@ import torch
 
 from evo1_ros.runtime.policy import Evo1ChunkPolicy
 
-INSTRUCTION = "put the can in the box"
 SUCCESS_HOLD_S = 1.5
 
 
-def closed_loop(policy, seeds, dt: float, execute: int, max_seconds: float, image_size: int) -> list[dict]:
+def closed_loop(policy, seeds, dt: float, execute: int, max_seconds: float, image_size: int, task: str,
+                scene: str, instruction: str) -> list[dict]:
     from evo1_ros.sim.world import SimWorld
 
-    world = SimWorld(image_size=image_size)
+    world = SimWorld(image_size=image_size, task=task, scene=scene)
+    item = world.task.item  # the object the task moves: how high it got, how close the jaws came
     results, start = [], time.time()
     for seed in seeds:
         world.reset(seed)
-        t, held, ok, can_zmax, tcp_can_min = 0.0, 0.0, False, 0.0, np.inf
+        t, held, ok, item_zmax, tcp_item_min = 0.0, 0.0, False, 0.0, np.inf
         while t < max_seconds and not ok:
-            chunk = policy.predict_chunk([world.render("base"), world.render("wrist")], world.state(), INSTRUCTION)
+            chunk = policy.predict_chunk([world.render("base"), world.render("wrist")], world.state(), instruction)
             for row in chunk[:execute]:
                 world.set_target(row[:6], row[6])
                 world.step(dt)
                 t += dt
                 held = held + dt if world.success() else 0.0
-                can = world.object_pose("can")[0]
-                can_zmax = max(can_zmax, float(can[2]))
-                tcp_can_min = min(tcp_can_min, float(np.linalg.norm(world.tcp_pose()[0] - can)))
+                item_pos = world.object_pose(item)[0]
+                item_zmax = max(item_zmax, float(item_pos[2]))
+                tcp_item_min = min(tcp_item_min, float(np.linalg.norm(world.tcp_pose()[0] - item_pos)))
                 if held >= SUCCESS_HOLD_S:
                     ok = True
                     break
-        results.append({"seed": seed, "success": ok, "seconds": round(t, 2), "can_zmax_m": round(can_zmax, 3),
-                        "tcp_can_min_m": round(tcp_can_min, 3)})
+        results.append({"seed": seed, "success": ok, "seconds": round(t, 2), "item_zmax_m": round(item_zmax, 3),
+                        "tcp_item_min_m": round(tcp_item_min, 3)})
         print(json.dumps(results[-1]), f"({time.time() - start:.0f} s)", flush=True)
     world.close()
     return results
@@ -87,6 +90,9 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--seeds", type=int, nargs=2, default=[0, 50], metavar=("FIRST", "END"),
                         help="episode seeds FIRST..END-1 (default 0 50)")
+    parser.add_argument("--task", default="pick_place_can", help="task (default pick_place_can)")
+    parser.add_argument("--scene", default="default", help="scene or scene mix (default default)")
+    parser.add_argument("--instruction", help="instruction (default: the task's)")
     parser.add_argument("--dt", type=float, default=0.1, help="s between chunk rows (the dataset's 1 / --rate)")
     parser.add_argument("--execute", type=int, default=8, help="chunk rows played before the next prediction")
     parser.add_argument("--max-seconds", type=float, default=20.0)
@@ -104,9 +110,15 @@ def main() -> None:
         result = {"checkpoint": args.checkpoint, "dataset": args.openloop,
                   "mean_abs_error_rows_0_7": openloop(policy, args.openloop, args.samples)}
     else:
-        episodes = closed_loop(policy, range(*args.seeds), args.dt, args.execute, args.max_seconds, args.image_size)
+        from evo1_ros.sim.tasks import check_settings
+
+        task, _ = check_settings(args.task, args.scene)
+        instruction = args.instruction or task.instruction
+        episodes = closed_loop(policy, range(*args.seeds), args.dt, args.execute, args.max_seconds, args.image_size,
+                               task.name, args.scene, instruction)
         done = [e for e in episodes if e["success"]]
-        result = {"checkpoint": args.checkpoint, "noise_scale": policy.engine.noise_scale,
+        result = {"checkpoint": args.checkpoint, "task": task.name, "scene": args.scene, "instruction": instruction,
+                  "noise_scale": policy.engine.noise_scale,
                   "seeds": args.seeds, "dt": args.dt, "execute": args.execute, "max_seconds": args.max_seconds,
                   "success_rate": len(done) / len(episodes),
                   "mean_success_seconds": round(float(np.mean([e["seconds"] for e in done])), 2) if done else None,

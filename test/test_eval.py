@@ -1,6 +1,8 @@
 """`evo1-ros eval` through the full ROS graph: the scripted expert in the policy's seat proves the
 graph, its timing and the success detector work together."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -22,15 +24,18 @@ def test_expert_through_the_graph_succeeds(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=500, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    episodes = results["per_episode"]
+    [run] = results["runs"]
+    episodes = run["per_episode"]
     assert [e["seed"] for e in episodes] == list(range(100, 110))
-    assert results["success_rate"] >= 0.9, episodes
+    assert results["seeds"]["range"] == "dev" and (run["task"], run["scene"]) == ("pick_place_can", "default")
+    assert run["success"]["rate"] >= 0.9, episodes
+    assert run["success"]["wilson95"][0] < run["success"]["rate"] <= run["success"]["wilson95"][1]
     # A success is the can staying in the box: the expert's plan takes 6-9 s, so no episode can
     # honestly end much sooner, and a detector that fired at once would show up here.
     assert all(4.0 < e["seconds"] < 15.0 for e in episodes if e["success"]), episodes
     # The expert's min-jerk plan through the chunk scheduler stays smooth (a random policy: ~10^4).
-    assert 0 < results["mean_abs_jerk_rad_s3"] < 100
-    assert results["achieved_control_rate_hz"] > 7.5  # 15 Hz asked: at least half of it on a loaded 2-core machine
+    assert 0 < run["mean_abs_jerk_rad_s3"] < 100
+    assert run["achieved_control_rate_hz"] > 7.5  # 15 Hz asked: at least half of it on a loaded 2-core machine
     assert "eval" in proc.stderr  # the progress bar
     # The run reports the inference settings it ran with (here the params file's).
     assert results["inference"] == {"backend": "torch", "chunk_mode": "crossfade", "request_threshold": 0.5,
@@ -49,14 +54,56 @@ def test_expert_on_sim_time_succeeds_at_the_exact_control_rate(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=500, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    episodes = results["per_episode"]
+    [run] = results["runs"]
+    episodes = run["per_episode"]
     assert results["clock"] == "sim" and results["speed"] == 1.0
     assert all(e["success"] for e in episodes), episodes
     # The expert's plan lasts 6-9 sim seconds: a sim clock running fast or slow against physics,
     # or a detector timing on the wall clock, would move these.
     assert all(5.0 < e["seconds"] < 10.0 for e in episodes), episodes
     assert all(abs(e["control_rate_hz"] - 10.0) < 0.1 for e in episodes), episodes
-    assert 0 < results["mean_abs_jerk_rad_s3"] < 100
+    assert 0 < run["mean_abs_jerk_rad_s3"] < 100
+
+
+@pytest.mark.slow
+def test_mixed_scene_eval_switches_task_and_instruction_and_watches_both_detectors(tmp_path):
+    """`--task all --scene mixed`: the two tasks the scene holds, one after the other in one graph;
+    sim_node takes each task and the inference node its instruction; both detectors are read."""
+    pytest.importorskip("rclpy")
+    pytest.importorskip("mujoco")
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "evo1_ros.cli", "eval", "--checkpoint", "expert", "--task", "all",
+                           "--scene", "mixed", "--episodes", "1", "--seeds", "test+3", "--image-size", "64",
+                           "--max-seconds", "15", "--sim-time", "--out", str(out)],
+                          capture_output=True, text=True, timeout=500, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["seeds"]["first"] == 100_003 and results["seeds"]["range"] == "test"
+    runs = {run["task"]: run for run in results["runs"]}
+    assert list(runs) == ["pick_place_can", "place_at_target"]
+    assert runs["place_at_target"]["instruction"] == "put the can on the target"
+    assert "instruction: 'put the can on the target'" in proc.stderr  # the inference node took it
+    for task, other in (("pick_place_can", "place_at_target"), ("place_at_target", "pick_place_can")):
+        assert runs[task]["success"]["successes"] == 1, runs[task]
+        assert runs[task]["other_tasks"] == {other: {"successes": 0, "episodes": 1, "rate": 0.0,
+                                                     "wilson95": [0.0, 0.7935]}}
+    assert "seed ranges:" in proc.stderr and "other tasks" in proc.stderr  # protocol and table printed
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--task", "juggle"], "known tasks: pick_place_can, stack_cans, place_at_target, pour_cup"),
+    (["--scene", "foggy"], "known scenes: default, wide, distractor, lighting, camera, mixed"),
+    (["--task", "pour_cup", "--scene", "mixed"], "tasks it takes: pick_place_can, place_at_target"),
+    (["--seeds", "holdout"], "known: dev, train, test"),
+    (["--seeds", "dev+995", "--episodes", "10"], "straddle"),
+])
+def test_bad_names_and_seeds_are_refused_before_anything_starts(arguments, words):
+    from evo1_ros.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["eval", "--checkpoint", "expert", *arguments]) == 2
+    assert words in err.getvalue()
 
 
 def test_graph_options_override_only_what_is_given():

@@ -111,3 +111,31 @@ def test_parameters_are_described_and_changes_applied_or_refused(rig):
     for expected in ("(seed 42)", "(seed 43)"):
         future = client.call_async(Trigger.Request())
         assert wait_for(future.done) and expected in future.result().message
+
+
+def test_task_scene_and_seed_parameters_choose_the_next_episodes(rig):
+    world, probe, sim = rig
+    client = probe.create_client(Trigger, "/evo1_sim/reset")
+    assert client.wait_for_service(timeout_sec=5.0)
+
+    def reset():
+        future = client.call_async(Trigger.Request())
+        assert wait_for(future.done)
+        return future.result().message
+
+    for name, value, words in (("task", "juggle", "known tasks"), ("scene", "foggy", "known scenes"),
+                               ("scene", "wide:0", "positive")):
+        [result] = sim.set_parameters([Parameter(name, value=value)])
+        assert not result.successful and words in result.reason
+    [result] = sim.set_parameters([Parameter("scene", value="mixed")])  # pick_place_can can run there
+    assert result.successful
+    [result] = sim.set_parameters([Parameter("task", value="pour_cup")])  # but pour_cup cannot
+    assert not result.successful and "tasks it takes" in result.reason
+    assert all(r.successful for r in sim.set_parameters([Parameter("scene", value="default"),
+                                                         Parameter("task", value="pour_cup"),
+                                                         Parameter("seed", value=500)]))
+    assert reset().endswith("(seed 500, task pour_cup, scene default)")
+    assert reset().endswith("(seed 501, task pour_cup, scene default)")
+    assert world.task.name == "pour_cup" and set(world.object_poses()) == {"cup", "box"}
+    sim.set_parameters([Parameter("seed", value=500)])  # setting the seed starts the count again
+    assert "seed 500," in reset()

@@ -68,13 +68,13 @@ def override(context, **values):
 
 # --- sim expert ------------------------------------------------------------------------------------
 
-def sim_graph(tmp_path, world, episodes):
+def sim_graph(tmp_path, world, episodes, instruction=INSTRUCTION, **task_and_scene):
     """`record-sim`'s graph (sim time, /clock from the world) in a private context."""
     from evo1_ros.graphs.record_sim import RecordingGraph
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    graph = RecordingGraph(world, tmp_path / "bags", episodes, 1000, INSTRUCTION, context=context)
+    graph = RecordingGraph(world, tmp_path / "bags", episodes, 1000, instruction, context=context, **task_and_scene)
     graph.listener = rclpy.create_node("listener", context=context)
     graph.spin.add_node(graph.listener)
     return graph, context
@@ -94,6 +94,24 @@ def small_world():
     world.close()
 
 
+@pytest.mark.slow  # the pour plan lasts ~14 sim s, recorded in lockstep
+def test_sim_expert_records_another_task_in_a_scene_of_a_mix(tmp_path, small_world):
+    from evo1_ros.sim.scenes import choose, parse_mix
+    from evo1_ros.sim.tasks import TASKS
+
+    pour = TASKS["pour_cup"]
+    graph, context = sim_graph(tmp_path, small_world, 1, pour.instruction, task="pour_cup", scene="mix")
+    try:
+        assert graph.teleop.done.wait(300), "the expert did not finish its episode"
+    finally:
+        close(graph, context)
+    (episode,) = sorted((tmp_path / "bags").iterdir())
+    meta = bag.read_meta(episode)
+    scene = choose(parse_mix("mix"), 1000).name  # what the seed draws from the mix
+    assert meta["success"] is True and meta["instruction"] == "pour the cup into the box"
+    assert f"(seed 1000, task pour_cup, scene {scene})" in meta["operator_note"]
+
+
 def test_sim_expert_records_a_successful_episode_that_converts(tmp_path, small_world):
     from evo1_ros.data.convert import convert
 
@@ -108,7 +126,8 @@ def test_sim_expert_records_a_successful_episode_that_converts(tmp_path, small_w
     meta = bag.read_meta(episode)
     assert meta["success"] is True and small_world.success()
     assert meta["instruction"] == INSTRUCTION
-    assert meta["operator_note"].startswith("sim_expert") and "(seed 1000)" in meta["operator_note"]
+    assert meta["operator_note"].startswith("sim_expert")
+    assert "(seed 1000, task pick_place_can, scene default)" in meta["operator_note"]
     assert meta["message_counts"]["/evo1/instruction"] == 1
     # the expert's targets went over DDS to the driver: trajectory windows of plan points ahead
     assert len(trajectories) > 100 and len(trajectories[-1].points) > 1

@@ -128,6 +128,23 @@ def test_augmentation_keeps_shape_and_dtype_is_seeded_and_identity_at_p0():
     assert any(same) and not all(same)
 
 
+def test_random_shift_moves_the_view_within_its_bound_and_repeats_the_edges():
+    from evo1_ros.train.augment import random_shift
+
+    image = torch.zeros(64, 1, 3, 40, 40)
+    image[..., 20] = 1.0  # one bright column
+    shifted = random_shift(image.flatten(0, 1), 0.1, torch.Generator().manual_seed(0))
+    columns = shifted[:, 0].mean(1).argmax(-1)  # where each image's bright column went
+    moved = (columns - 20).abs()
+    assert moved.max() <= 4 and moved.float().mean() > 1  # up to 10 % of 40 px, and it does move
+    edge = torch.ones(4, 3, 40, 40)
+    assert torch.allclose(random_shift(edge, 0.2, torch.Generator().manual_seed(1)), edge)  # no black borders
+    images = torch.randint(0, 256, (2, 3, 3, 28, 28), dtype=torch.uint8)
+    plain = augment(images, p=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, augment(images, p=1.0, generator=torch.Generator().manual_seed(0), shift=0.0))
+    assert not torch.equal(plain, augment(images, p=1.0, generator=torch.Generator().manual_seed(0), shift=0.1))
+
+
 def test_batches_map_cameras_to_slots_and_mask_the_rest(data):
     model, tokenizer = build_model("evo1-tiny", seed=0)
     dataset, normalizer = open_datasets([data], model.config)

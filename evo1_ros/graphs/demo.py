@@ -27,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="evo1_demo", help="output directory (default ./evo1_demo)")
     parser.add_argument("--checkpoint", help="checkpoint directory, or `expert` for the scripted expert "
                                              "(default: the bundled models/evo1-tiny-sim, else a random evo1-tiny)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the episode's object poses")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episode's layout and look")
+    parser.add_argument("--task", default="pick_place_can", help="task (its instruction unless --instruction)")
+    parser.add_argument("--scene", default="default",
+                        help="scene (or a mix, drawn from the seed: mix | NAME:WEIGHT,...)")
     add_graph_arguments(parser)
 
 
@@ -122,7 +125,13 @@ def run(args) -> int:
 
     from evo1_ros.sim.metrics import latency_ms
     from evo1_ros.graphs.sim_graph import SimGraph, default_checkpoint, random_tiny_checkpoint, warn_random_weights
+    from evo1_ros.sim.tasks import check_settings
 
+    try:
+        task, _ = check_settings(args.task, args.scene)
+    except ValueError as e:
+        print(f"evo1-ros demo: error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="evo1_demo_") as tmp:
@@ -133,9 +142,9 @@ def run(args) -> int:
         print(f"evo1-ros demo: checkpoint {checkpoint}; starting the graph (sim_node + driver + inference)",
               flush=True)
         try:
-            graph = SimGraph(checkpoint, args.instruction, args.image_size, args.fps, args.control_rate, args.seed,
-                             inference_overrides(args), record_cameras=True, sim_time=args.sim_time,
-                             speed=args.speed)
+            graph = SimGraph(checkpoint, args.instruction or task.instruction, args.image_size, args.fps,
+                             args.control_rate, args.seed, inference_overrides(args), record_cameras=True,
+                             sim_time=args.sim_time, speed=args.speed, task=task.name, scene=args.scene)
         except RuntimeError as e:  # a node failed to start (bad checkpoint, ...): its name and why
             print(f"evo1-ros demo: {e}", file=sys.stderr)
             return 1
@@ -163,9 +172,9 @@ def run(args) -> int:
         graph.close()
     summary = {
         "checkpoint": str(checkpoint), "random_weights": random_weights,
-        "instruction": graph.inference.instruction, "seed": args.seed,
-        "clock": "sim" if args.sim_time else "wall", "seconds": round(elapsed, 2), "image_size": args.image_size,
-        "target_fps": args.fps,
+        "instruction": graph.inference.instruction, "seed": args.seed, "task": task.name,
+        "scene": graph.world.scene.name, "clock": "sim" if args.sim_time else "wall", "seconds": round(elapsed, 2),
+        "image_size": args.image_size, "target_fps": args.fps,
         "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "achieved_control_rate_hz": None if control_rate is None else round(control_rate, 2),
         "chunks": len(graph.policy.latencies), "inference_latency_ms": latency_ms(graph.policy.latencies),

@@ -1,12 +1,16 @@
 """Record scripted-expert demonstrations in sim through the real ROS graph, in one process.
 
     evo1-ros record-sim --out /work/demos/bags --episodes 60 --first-seed 1000
+    evo1-ros record-sim --out /work/demos/stack --task stack_cans --scene mix --seeds train+20000
     evo1-ros convert /work/demos/bags/* --out /work/demos/dataset --rate 10
 
 Nodes: sim_node's (its bringup: the sim world's cameras, xarm6_driver on a SimBackend of the same
-world, the clock), the recorder, and the sim expert (nodes/sim_expert.py) as the operator. Episode
-i shows the scene of seed first_seed + i (the sim's seed counter; the expert resets once per
-episode).
+world, the clock), the recorder, and the sim expert (nodes/sim_expert.py) as the operator. Episodes
+show the `--task` (its instruction unless `--instruction` says otherwise) in the `--scene`: one
+scene, or a mix drawn per episode from its seed (`mix`: the five variations alike, or
+`NAME:WEIGHT,...`). Episode i shows seed first_seed + i (the sim's seed counter; the expert resets
+once per episode); seeds must be `train` seeds (`sim/seeds.py`). Each bag's operator note names its
+seed, task and scene.
 
 Time. Rendering two cameras in software (osmesa) on a loaded CPU is slower than real time, and
 a real-time run would drop and jitter frames. So the world here is a `LockstepWorld`: physics may
@@ -26,14 +30,17 @@ import sys
 import time
 from pathlib import Path
 
-EVAL_SEEDS = range(0, 50)  # `evo1-ros eval`'s default episodes: never train on them
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for the episode bags")
     parser.add_argument("--episodes", type=int, default=60)
-    parser.add_argument("--first-seed", type=int, default=1000, help="episode i uses seed first_seed + i")
-    parser.add_argument("--instruction", default="put the can in the box")
+    first = parser.add_mutually_exclusive_group()
+    first.add_argument("--first-seed", type=int, help="episode i uses seed first_seed + i (default: train's first)")
+    first.add_argument("--seeds", metavar="train[+OFFSET]", help="first seed by the seed protocol, e.g. train+5000")
+    parser.add_argument("--task", default="pick_place_can", help="task the expert demonstrates")
+    parser.add_argument("--scene", default="default",
+                        help="scene, or a mix drawn per episode: mix | NAME:WEIGHT,... (default: default)")
+    parser.add_argument("--instruction", help="instruction stored with the episodes (default: the task's)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--fps", type=float, default=10.0, help="camera frames per sim second")
     parser.add_argument("--speed", type=float, default=2.0,
@@ -46,8 +53,10 @@ class RecordingGraph:
     initialised by the caller). `expert.done` is set when the last episode is stored."""
 
     def __init__(self, world, out: Path, episodes: int, first_seed: int, instruction: str,
-                 speed: float = 2.0, storage: str = "mcap", context=None):
-        """world: a LockstepWorld (it sets the camera rate); speed: physics pace between frames."""
+                 speed: float = 2.0, storage: str = "mcap", context=None, task: str = "pick_place_can",
+                 scene: str = "default"):
+        """world: a LockstepWorld (it sets the camera rate); speed: physics pace between frames;
+        task, scene: sim_node's (a scene mix is drawn per episode)."""
         from rclpy.parameter import Parameter
 
         from evo1_ros.nodes.recorder import RecorderNode
@@ -62,7 +71,8 @@ class RecordingGraph:
         self.nodes = []
         try:
             # no wall-clock pacing of the camera thread: the lockstep world paces it in sim time
-            self.nodes += bring_up({"evo1_sim": {"world": world, **params(fps=1000.0, seed=first_seed, speed=speed)},
+            self.nodes += bring_up({"evo1_sim": {"world": world, **params(fps=1000.0, seed=first_seed, speed=speed,
+                                                                           task=task, scene=scene)},
                                     "xarm6_driver": params(realtime_priority=0)}).values()
             self.recorder = RecorderNode(**params(output_dir=str(out), cameras=["base", "wrist"], storage=storage))
             self.nodes.append(self.recorder)
@@ -84,26 +94,35 @@ class RecordingGraph:
 
 
 def run(args: argparse.Namespace) -> int:
-    seeds = range(args.first_seed, args.first_seed + args.episodes)
-    if set(seeds) & set(EVAL_SEEDS):
-        print(f"record-sim: error: seeds {seeds.start}..{seeds.stop - 1} overlap the eval seeds "
-              f"{EVAL_SEEDS.start}..{EVAL_SEEDS.stop - 1}", file=sys.stderr)
+    from evo1_ros.sim import seeds as protocol
+    from evo1_ros.sim.tasks import check_settings
+
+    try:
+        first = protocol.parse_seeds(args.seeds) if args.seeds else args.first_seed
+        first = protocol.SEED_RANGES["train"].first if first is None else first
+        protocol.check_episodes(first, args.episodes, allowed=("train",))
+        demonstrated, _ = check_settings(args.task, args.scene)
+    except ValueError as e:
+        print(f"record-sim: error: {e}", file=sys.stderr)
         return 2
+    seeds = range(first, first + args.episodes)
+    instruction = args.instruction or demonstrated.instruction
     import rclpy
 
     from evo1_ros.data import bag
     from evo1_ros.sim.lockstep import LockstepWorld
 
     world = LockstepWorld(args.image_size, args.fps)
-    print(f"{args.episodes} episodes, seeds {seeds.start}..{seeds.stop - 1}, {args.image_size} px at {args.fps:g} "
-          f"frames per sim second -> {args.out}", flush=True)
+    print(f"{args.episodes} episodes of {demonstrated.name} ({instruction!r}) in scene {args.scene}, seeds "
+          f"{seeds.start}..{seeds.stop - 1}, {args.image_size} px at {args.fps:g} frames per sim second -> {args.out}",
+          flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     rclpy.init()
     graph = None
     try:
         start = time.monotonic()
-        graph = RecordingGraph(world, args.out, args.episodes, args.first_seed, args.instruction, args.speed,
-                               args.storage)
+        graph = RecordingGraph(world, args.out, args.episodes, first, instruction, args.speed, args.storage,
+                               task=demonstrated.name, scene=args.scene)
         graph.expert.done.wait()
         outcomes = [bag.read_meta(path).get("success") for path in sorted(args.out.iterdir())]
         print(f"{len(outcomes)} episodes in {args.out} ({outcomes.count(True)} successful); "

@@ -32,7 +32,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
-from std_msgs.msg import Bool
+from rcl_interfaces.srv import SetParameters
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -41,6 +42,7 @@ from evo1_ros.nodes import services
 from evo1_ros.nodes.messages import image_to_rgb, stamp_seconds
 from evo1_ros.nodes.spin import SpinThread
 from evo1_ros.sim.metrics import TimedPolicy, commanded_path, mean_abs_jerk
+from evo1_ros.sim.tasks import DEFAULT_TASK
 
 EXPERT = "expert"  # --checkpoint value that seats the privileged scripted expert in the policy's place
 SIM_CHECKPOINT = Path("models") / "evo1-tiny-sim"  # the bundled sim checkpoint (models/README.md)
@@ -89,7 +91,10 @@ class Observer(Node):
         # reliable and deep enough that no trajectory window goes missing from the jerk figure
         self.create_subscription(JointTrajectory, trajectory_topic, self._on_trajectory,
                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        self._triggers = {}
+        self._service_clients = {}
+        # as a user changes the instruction at run time
+        self.instruction = self.create_publisher(String, "/evo1_inference/instruction",
+                                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.clear()
 
     def clear(self) -> None:
@@ -143,11 +148,23 @@ class Observer(Node):
     def jerk(self, dt: float) -> float | None:
         return mean_abs_jerk(*commanded_path(self.windows), dt)
 
+    def _client(self, kind, service: str):
+        if service not in self._service_clients:
+            self._service_clients[service] = self.create_client(kind, service)
+        return self._service_clients[service]
+
     def trigger(self, service: str) -> str:
         """Call a std_srvs/Trigger service (the executor spins elsewhere); its message."""
-        if service not in self._triggers:
-            self._triggers[service] = self.create_client(Trigger, service)
-        return services.call_checked(self._triggers[service])
+        return services.call_checked(self._client(Trigger, service))
+
+    def set_parameters(self, node: str, values: dict, timeout: float = 10.0) -> None:
+        """Set parameters of `node` through its parameter service, as `ros2 param set` does."""
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
+        response = services.call(self._client(SetParameters, f"/{node}/set_parameters"), request, timeout)
+        refused = [r.reason for r in response.results if not r.successful]
+        if refused:
+            raise ValueError(f"{node} refused {values}: {'; '.join(refused)}")
 
 
 class PhysicsHeld:
@@ -171,9 +188,11 @@ class SimGraph:
 
     def __init__(self, checkpoint: str | Path, instruction: str = "", image_size: int = 224,
                  fps: float = 10.0, control_rate: float = 0.0, seed: int = 0, inference: dict | None = None,
-                 record_cameras: bool = False, sim_time: bool = False, speed: float = 1.0):
+                 record_cameras: bool = False, sim_time: bool = False, speed: float = 1.0,
+                 task: str = DEFAULT_TASK, scene: str = "default"):
         """checkpoint: a checkpoint directory or "expert"; instruction: "" keeps the params file's;
-        seed: the first episode's (each reset adds one); control_rate 0: the checkpoint's action
+        seed, task, scene: the first episode's seed (each reset adds one), task and scene (sim_node's
+        parameters; `select_episodes` changes them); control_rate 0: the checkpoint's action
         rate (EXPERT_RATE_HZ for the expert); inference: evo1_inference parameters to override;
         sim_time: run on the lockstep world's clock (module doc), physics at `speed` sim seconds
         per wall second between frames."""
@@ -186,7 +205,7 @@ class SimGraph:
         overrides = {
             # on sim time the lockstep world paces the camera thread, not the wall clock
             "evo1_sim": {"image_size": image_size, "fps": 1000.0 if sim_time else float(fps), "seed": seed,
-                         **({"speed": speed} if sim_time else {})},
+                         "task": task, "scene": scene, **({"speed": speed} if sim_time else {})},
             # A CPU-rendered frame can come a period late under load: allow ~2.5 frame periods of age
             # (never less than the params file's default) before the inference node calls it stale.
             "evo1_inference": {"max_observation_age_ms": max(200.0, 2500.0 / fps), **(inference or {})},
@@ -232,6 +251,17 @@ class SimGraph:
         except BaseException:
             self.close()
             raise
+
+    def select_episodes(self, task: str, scene: str, seed: int, instruction: str, timeout: float = 10.0) -> None:
+        """From the next reset on: episodes seed, seed + 1, ... of `task` in `scene` (sim_node's
+        parameters), and `instruction` for the policy (its topic; returns once the node has it)."""
+        self.observer.set_parameters("evo1_sim", {"task": task, "scene": scene, "seed": seed})
+        deadline = time.monotonic() + timeout
+        while self.inference.instruction != instruction:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"evo1_inference did not take the instruction {instruction!r}")
+            self.observer.instruction.publish(String(data=instruction))
+            time.sleep(0.1)
 
     def reset_episode(self) -> str:
         """Next seeded episode, with inference paused across the reset so that no chunk predicted

@@ -2,7 +2,9 @@
 
 `SimNode` renders the shared `SimWorld`'s cameras onto the topics the camera node uses
 (`/<camera_namespace>/<name>/color/image_raw` + `camera_info`, rgb8), publishes `~/success`
-(std_msgs/Bool, can in box) with every frame and resets episodes on `~/reset` (std_srvs/Trigger).
+(std_msgs/Bool, the task's detector) with every frame and resets episodes on `~/reset`
+(std_srvs/Trigger): episode i after `seed` was set shows seed + i of the `task` in the `scene`
+(parameters; a change applies from the next reset, and setting `seed` starts the count again).
 
 `bring_up` is the one sim bringup every graph uses (`sim_node`'s main, `evo1-ros launch`, the
 demo/eval graph, the recording graph): the sim node, an unmodified `xarm6_driver` whose backend
@@ -31,6 +33,8 @@ from evo1_ros.nodes.params import Param, declare, not_positive
 from evo1_ros.nodes.spin import run_nodes
 from evo1_ros.robot.topics import CAMERA_NAMESPACE, camera_topic
 from evo1_ros.sim.mjcf import CAMERAS
+from evo1_ros.sim.scenes import SCENES
+from evo1_ros.sim.tasks import DEFAULT_TASK, TASKS, check_settings
 from evo1_ros.sim.world import SimWorld, shared_world
 
 PARAMETERS = {
@@ -38,10 +42,22 @@ PARAMETERS = {
     "fps": Param(15.0, "camera frame rate, Hz (wall clock; a lockstep world paces frames in sim time)",
                  apply="_set_fps"),
     "camera_namespace": Param(CAMERA_NAMESPACE, "topic namespace of the cameras (empty: none)"),
-    "seed": Param(0, "scene of the next ~/reset; each reset after it takes the next seed", apply="_set_seed"),
+    "seed": Param(0, "the next reset's seed; each later reset adds one (setting it starts over)", apply="_set_seed"),
+    "task": Param(DEFAULT_TASK, f"task of the next episodes: {', '.join(TASKS)}", apply="_set_task"),
+    "scene": Param("default", f"scene of the next episodes: {', '.join(SCENES)}, or a mix (mix | NAME:WEIGHT,...)",
+                   apply="_set_scene"),
     "speed": Param(1.0, "physics pace, sim seconds per wall second (1 = real time; on a lockstep world: "
                         "between frames)"),
 }
+
+
+def _episode_settings_refused(task: str, scene: str) -> str | None:
+    """Why `task` cannot run in `scene` (an unknown name, a task the scene has no objects for), or None."""
+    try:
+        check_settings(task, scene)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class SimNode(Node):
@@ -52,7 +68,10 @@ class SimNode(Node):
         p = declare(self, PARAMETERS)
         if reason := not_positive(p["fps"]) or not_positive(p["speed"]) or not_positive(p["image_size"]):
             raise ValueError(f"sim_node: fps, speed and image_size {reason}")
+        if reason := _episode_settings_refused(p["task"], p["scene"]):
+            raise ValueError(f"sim_node: {reason}")
         self.fps, self.speed, self._next_seed = p["fps"], p["speed"], p["seed"]
+        self.task, self.scene = p["task"], p["scene"]
         self.world = world or shared_world(p["image_size"])
         self.on_reset = on_reset
 
@@ -77,6 +96,18 @@ class SimNode(Node):
         if value < 0:
             return f"must be 0 or more, not {value}"
         self._next_seed = value
+        return None
+
+    def _set_task(self, value: str) -> str | None:
+        if reason := _episode_settings_refused(value, self.scene):
+            return reason
+        self.task = value  # from the next reset
+        return None
+
+    def _set_scene(self, value: str) -> str | None:
+        if reason := _episode_settings_refused(self.task, value):
+            return reason
+        self.scene = value  # from the next reset
         return None
 
     def _intrinsics(self, camera: str) -> Intrinsics:
@@ -108,10 +139,12 @@ class SimNode(Node):
 
     def _on_reset(self, request, response):
         seed, self._next_seed = self._next_seed, self._next_seed + 1
-        self.world.reset(seed)
+        self.world.reset(seed, self.task, self.scene)
         if self.on_reset is not None:
             self.on_reset()
-        response.success, response.message = True, f"episode {self.world.episode} (seed {seed})"
+        response.success = True
+        response.message = (f"episode {self.world.episode} (seed {seed}, task {self.world.task.name}, "
+                            f"scene {self.world.scene.name})")
         return response
 
     def destroy_node(self):

@@ -1,5 +1,6 @@
-"""MuJoCo simulation of the xArm6 tasks: scene (`mjcf`), ROS-free world (`world.SimWorld`),
-scripted experts (`expert`), and the driver's `sim` backend (`backend`)."""
+"""MuJoCo simulation of the xArm6 tasks: scene (`mjcf`), tasks and their detectors (`tasks`), scene
+variations (`scenes`), seed protocol (`seeds`), ROS-free world (`world.SimWorld`), scripted experts
+(`expert`), and the driver's `sim` backend (`backend`)."""
 
 import importlib.util
 import os

@@ -48,8 +48,8 @@ class LockstepWorld(SimWorld):
             self.steps_ns += n * self._step_ns
             self._moved.notify_all()
 
-    def reset(self, seed: int | None = None) -> None:
-        super().reset(seed)
+    def reset(self, seed: int | None = None, task: str | None = None, scene: str | None = None) -> None:
+        super().reset(seed, task, scene)
         with self._moved:  # hold the new scene until it has been filmed
             self._steps_left = 0
             self._moved.notify_all()

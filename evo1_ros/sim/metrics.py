@@ -1,7 +1,9 @@
-"""Figures of a closed-loop run, without ROS: inference latency, and the smoothness of what was commanded."""
+"""Figures of a closed-loop run, without ROS: inference latency, the smoothness of what was commanded,
+and success rates with their Wilson 95 % intervals."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -55,3 +57,24 @@ def mean_abs_jerk(times: np.ndarray, positions: np.ndarray, dt: float) -> float 
         return None
     q = np.stack([np.interp(grid, times, column) for column in np.asarray(positions).T], axis=1)
     return float(np.abs(np.diff(q, n=3, axis=0)).mean() / dt**3)
+
+
+WILSON_Z = 1.959963984540054  # the standard normal's 97.5 % quantile: a two-sided 95 % interval
+
+
+def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95 % by default): unlike the normal
+    approximation it stays inside [0, 1] and is honest at 0/n and n/n and for small n."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
+    p, z2 = successes / trials, z * z
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z / (1 + z2 / trials) * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate(successes: int, trials: int) -> dict:
+    """A success rate as the eval reports every rate: the count, the rate and its Wilson 95 %."""
+    low, high = wilson_interval(successes, trials)
+    return {"successes": successes, "episodes": trials, "rate": round(successes / trials, 4),
+            "wilson95": [round(low, 4), round(high, 4)]}

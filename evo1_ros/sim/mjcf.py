@@ -1,7 +1,14 @@
-"""The MuJoCo scene, written from `robot/xarm6.py`: xArm6 + parallel gripper, table, can, box, cameras.
+"""The MuJoCo scene, written from `robot/xarm6.py`: xArm6 + parallel gripper, table, cameras, and
+every object a task or scene variation uses: two cans, a box, a cup, a target marker, a distractor.
 
 World frame = `link_base`: the arm is bolted to the table top at the origin, so joint angles, FK
 and object poses share one frame. Geometry is simple capsules and boxes; the kinematics are exact.
+
+One model holds them all, so one process can switch task and scene from episode to episode (`evo1-ros
+eval --task all`, `record-sim --scene mix`): a reset shows the objects its episode uses and parks
+the others out of sight and out of reach (`sim/world.py`). The lighting scene's table materials are
+assets here too; what a scene varies per seed (lights, table, camera poses) is set on the compiled
+model (`sim/scenes.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,20 @@ GRIPPER_STROKE = 0.085  # m, fully open jaw width of the xArm gripper
 FINGER_TRAVEL = GRIPPER_STROKE / 2  # m per finger, open -> closed
 CAN_RADIUS, CAN_HEIGHT = 0.033, 0.12  # a 330 ml drink can
 BOX_INNER, BOX_WALL, BOX_HEIGHT = 0.08, 0.008, 0.07  # half inner width, wall thickness, wall height
+CUP_RADIUS, CUP_HEIGHT, CUP_WALL = 0.034, 0.11, 0.004  # a plastic cup, open at the top (its +z)
+TARGET_RADIUS = 0.055  # the marked disc of the hand-delivery task
+DISTRACTOR_HALF = (0.025, 0.025, 0.03)  # a block: another shape and colour than any task object
 CAMERAS = ("base", "wrist")
+# Bodies with a free joint, and the target (a mocap marker drawn on the table).
+FREE_OBJECTS = ("can", "can2", "box", "cup", "distractor")
+OBJECTS = (*FREE_OBJECTS, "target")
+TABLE_MATERIALS = ("wood", "table_dark", "table_pale", "table_checker", "table_speckle")
+# Per object: its origin's height above the table standing upright, and the radius of a circle
+# around its footprint (for keeping objects apart; the box's at any yaw).
+REST_HEIGHT = {"can": CAN_HEIGHT / 2, "can2": CAN_HEIGHT / 2, "box": 0.0, "cup": CUP_HEIGHT / 2,
+               "distractor": DISTRACTOR_HALF[2], "target": 0.0}
+FOOTPRINT = {"can": CAN_RADIUS, "can2": CAN_RADIUS, "box": (BOX_INNER + BOX_WALL) * 2**0.5, "cup": CUP_RADIUS,
+             "distractor": (DISTRACTOR_HALF[0] ** 2 + DISTRACTOR_HALF[1] ** 2) ** 0.5, "target": TARGET_RADIUS}
 
 # Link geometry, per link in its own frame: capsules (from, to, radius) between joint origins, so
 # the shapes follow JOINT_ORIGINS automatically.
@@ -109,14 +129,43 @@ def _table_legs() -> str:
                    for x in (-0.27, 0.77) for y in (-0.57, 0.57))
 
 
-def _can() -> str:
+def _can(name: str, pos) -> str:
     """Red can body with metal lids; its origin is its centre."""
     half = CAN_HEIGHT / 2 - 0.004
     lids = "".join(f'<geom class="object" type="cylinder" size="{CAN_RADIUS - 0.003} 0.004" pos="0 0 {z:.6g}" '
                    'material="metal" mass="0.01"/>' for z in (half, -half))
-    return (f'<body name="can" pos="0.4 -0.2 {CAN_HEIGHT / 2}"><freejoint name="can"/>'
-            f'<geom name="can" class="object" type="cylinder" size="{CAN_RADIUS} {half:.6g}" material="can" '
+    return (f'<body name="{name}" pos="{_v(pos)}"><freejoint name="{name}"/>'
+            f'<geom name="{name}" class="object" type="cylinder" size="{CAN_RADIUS} {half:.6g}" material="can" '
             f'mass="0.2"/>{lids}</body>')
+
+
+def _cup(pos) -> str:
+    """Blue cup: a floor and a ring of wall staves; its origin is its centre, its opening along +z."""
+    staves, half = 16, CUP_HEIGHT / 2
+    ring = CUP_RADIUS - CUP_WALL / 2
+    stave = ring * np.tan(np.pi / staves) + 0.001  # half width: neighbours overlap, no gaps
+    walls = "".join(
+        f'<geom class="object" type="box" material="cup" size="{CUP_WALL / 2:.6g} {stave:.6g} {half:.6g}" '
+        f'pos="{_v((ring * np.cos(a), ring * np.sin(a), 0.0))}" euler="0 0 {a:.9g}" mass="0.005"/>'
+        for a in np.arange(staves) * 2 * np.pi / staves)
+    return (f'<body name="cup" pos="{_v(pos)}"><freejoint name="cup"/>'
+            f'<geom class="object" type="cylinder" material="cup" size="{CUP_RADIUS:.6g} 0.003" '
+            f'pos="0 0 {-half + 0.003:.6g}" mass="0.02"/>{walls}</body>')
+
+
+def _target(pos) -> str:
+    """A green disc on the table (a mocap body: it goes where a reset puts it and nothing moves it)."""
+    return (f'<body name="target" mocap="true" pos="{_v(pos)}">'
+            f'<geom class="marker" type="cylinder" size="{TARGET_RADIUS} 0.001" pos="0 0 0.001" rgba="0.1 0.7 0.2 1"/>'
+            f'<geom class="marker" type="cylinder" size="{TARGET_RADIUS * 0.45:.6g} 0.0012" pos="0 0 0.0012" '
+            f'rgba="0.95 0.95 0.9 1"/></body>')
+
+
+def _distractor(pos) -> str:
+    """A block of another shape and colour than the task objects (its colour is varied per seed)."""
+    return (f'<body name="distractor" pos="{_v(pos)}"><freejoint name="distractor"/>'
+            f'<geom name="distractor" class="object" type="box" size="{_v(DISTRACTOR_HALF)}" '
+            f'rgba="0.9 0.8 0.1 1" mass="0.1"/></body>')
 
 
 def _box() -> str:
@@ -133,6 +182,13 @@ def _box() -> str:
     geoms = "".join(f'<geom class="object" type="box" material="box" pos="{_v(w[:3])}" size="{_v(w[3:])}"/>'
                     for w in walls)
     return f'<body name="box" pos="0.4 0.25 0"><freejoint name="box"/>{geoms}</body>'
+
+
+def _objects() -> str:
+    """Every object at its own spot; resets move them (and park the ones an episode does not use)."""
+    return (_can("can", (0.4, -0.2, CAN_HEIGHT / 2)) + _box() + _can("can2", (0.2, 0.4, CAN_HEIGHT / 2))
+            + _cup((0.2, -0.4, CUP_HEIGHT / 2)) + _distractor((0.6, 0.4, DISTRACTOR_HALF[2]))
+            + _target((0.6, -0.4, 0.0)))
 
 
 def build_mjcf(image_size: int = 448) -> str:
@@ -170,6 +226,16 @@ def build_mjcf(image_size: int = 448) -> str:
     <material name="can" rgba="0.8 0.05 0.05 1" specular="0.8" shininess="0.9"/>
     <material name="metal" rgba="0.8 0.8 0.82 1" specular="0.9" shininess="0.9"/>
     <material name="box" rgba="0.97 0.97 0.95 1" specular="0.1"/>
+    <material name="cup" rgba="0.15 0.35 0.85 1" specular="0.3"/>
+    <!-- table tops of the lighting scene (`sim/scenes.py` picks one per seed and tints it) -->
+    <material name="table_dark" rgba="0.35 0.27 0.2 1" specular="0.2"/>
+    <material name="table_pale" rgba="0.85 0.84 0.8 1" specular="0.05"/>
+    <texture name="table_checker" type="2d" builtin="checker" rgb1="0.62 0.6 0.55" rgb2="0.5 0.48 0.44"
+             width="128" height="128"/>
+    <material name="table_checker" texture="table_checker" texrepeat="6 6"/>
+    <texture name="table_speckle" type="2d" builtin="flat" rgb1="0.55 0.5 0.42" mark="random" random="0.2"
+             markrgb="0.3 0.28 0.25" width="256" height="256"/>
+    <material name="table_speckle" texture="table_speckle" texrepeat="3 3"/>
   </asset>
   <default>
     <joint armature="0.1" damping="1"/>
@@ -182,6 +248,7 @@ def build_mjcf(image_size: int = 448) -> str:
       <default class="pad"><geom friction="1.5 0.05 0.001" condim="6" priority="1"/></default>
     </default>
     <default class="object"><geom contype="1" conaffinity="3"/></default>
+    <default class="marker"><geom contype="0" conaffinity="0"/></default>
     <default class="finger_joint"><joint armature="0.01" damping="5"/></default>
   </default>
   <worldbody>
@@ -193,8 +260,7 @@ def build_mjcf(image_size: int = 448) -> str:
     <geom name="pedestal" class="housing" type="cylinder" size="0.06 0.065" pos="0 0 0.065"/>
     <camera name="base" pos="{_v(base_cam)}" xyaxes="{_xyaxes(base_cam, (0.22, 0.0, 0.2))}" fovy="52"/>
     {_arm()}
-    {_can()}
-    {_box()}
+    {_objects()}
   </worldbody>
   <actuator>{actuators}</actuator>
 </mujoco>

@@ -1,7 +1,9 @@
-"""`SimWorld`: the pick-and-place-can scene without ROS — physics, targets, cameras, episodes, success.
+"""`SimWorld`: the sim's tasks without ROS — physics, targets, cameras, episodes, success.
 
 One instance is shared by whoever drives the arm (the sim backend's physics thread, or a plain loop
-for data generation) and whoever renders cameras; `lock` serialises access to MjData.
+for data generation) and whoever renders cameras; `lock` serialises access to MjData. Each episode
+is one task (`sim/tasks.py`) in one scene (`sim/scenes.py`), drawn from its seed: the objects the
+episode uses are shown and placed, the others parked out of sight and out of reach.
 """
 
 from __future__ import annotations
@@ -16,18 +18,12 @@ import mujoco
 import numpy as np
 
 from evo1_ros.robot.xarm6 import HOME, JOINT_NAMES
-from evo1_ros.sim.mjcf import (
-    BOX_HEIGHT,
-    BOX_INNER,
-    CAN_HEIGHT,
-    CAN_RADIUS,
-    CAMERAS,
-    build_mjcf,
-    drive_to_finger,
-    finger_to_drive,
-)
+from evo1_ros.sim import scenes, tasks
+from evo1_ros.sim.mjcf import CAMERAS, FREE_OBJECTS, OBJECTS, REST_HEIGHT, build_mjcf, drive_to_finger, finger_to_drive
 
 FINGERS = ("left_finger", "right_finger")
+HIDDEN_GROUP = 3  # geom group the default render options leave out (groups 0-2 are drawn)
+PARKED = {name: (-1.0, 0.4 * i - 1.0, 0.5) for i, name in enumerate(OBJECTS)}  # off the table, floating
 
 
 def _yaw_quat(yaw: float) -> np.ndarray:
@@ -35,67 +31,110 @@ def _yaw_quat(yaw: float) -> np.ndarray:
 
 
 class SimWorld:
-    def __init__(self, image_size: int = 448, seed: int = 0):
+    def __init__(self, image_size: int = 448, seed: int = 0, task: str = tasks.DEFAULT_TASK, scene: str = "default"):
+        """seed: seeds the world's own generator, which draws the seed of a reset not given one;
+        task: a task name; scene: a scene name or a mix (`scenes.parse_mix`), drawn per episode."""
         self.image_size = image_size
         self.model = mujoco.MjModel.from_xml_string(build_mjcf(image_size))
         self.data = mujoco.MjData(self.model)
         self.lock = threading.RLock()
-        joint = self.model.joint
+        joint, model = self.model.joint, self.model
         self._arm_q = np.array([joint(j).qposadr[0] for j in JOINT_NAMES])
         self._arm_v = np.array([joint(j).dofadr[0] for j in JOINT_NAMES])
         self._finger_q = np.array([joint(f).qposadr[0] for f in FINGERS])
-        self._object_q = {name: joint(name).qposadr[0] for name in ("can", "box")}
+        self._object_q = {name: joint(name).qposadr[0] for name in FREE_OBJECTS}
+        self._target_mocap = model.body("target").mocapid[0]
+        self._bodies = {name: model.body(name).id for name in (*OBJECTS, *FINGERS)}
+        self._geoms = {name: np.flatnonzero(model.geom_bodyid == body) for name, body in self._bodies.items()}
+        self._nominal = {"group": model.geom_group.copy(), "contype": model.geom_contype.copy(),
+                         "conaffinity": model.geom_conaffinity.copy()}
         self._arm_u = np.array([self.model.actuator(j).id for j in JOINT_NAMES])
         self._finger_u = np.array([self.model.actuator(f).id for f in FINGERS])
+        self._look = scenes.Look(model)
         self._renderer: mujoco.Renderer | None = None
         self._rng = np.random.default_rng(seed)
         self.episode = 0  # bumps on every reset, so policies can tell episodes apart
+        self.seed: int | None = None  # the current episode's
+        self.task, self._mix = tasks.check_settings(task, scene)
+        self._scene_spec = scene
+        self.scene: scenes.Scene | None = None  # the current episode's (one of the mix)
         self.reset()
 
     # --- episodes -------------------------------------------------------------------------------
 
-    def reset(self, seed: int | None = None) -> None:
-        """Arm at HOME with the gripper open; can and box at random poses on opposite sides."""
-        rng = self._rng if seed is None else np.random.default_rng(seed)
-        side = rng.choice((-1.0, 1.0))
-        # The can spawns at |y| >= 0.1, clear of the open fingers at HOME (TCP at x 0.345, y 0); the
-        # box goes on the other side, and its walls stay below the fingertips at HOME.
-        can_xy = (rng.uniform(0.28, 0.48), side * rng.uniform(0.1, 0.26))
-        box_xy = (rng.uniform(0.3, 0.46), -side * rng.uniform(0.17, 0.28))
+    def reset(self, seed: int | None = None, task: str | None = None, scene: str | None = None) -> None:
+        """Next episode: arm at HOME with the gripper open, the task's objects laid out by `seed`
+        (None: a seed drawn from the world's own generator) in its scene. `task` and `scene` (names,
+        or a mix for `scene`) switch this and later episodes; unknown ones raise UnknownName before
+        anything changes."""
+        if task is not None or scene is not None:
+            self.task, self._mix = tasks.check_settings(task or self.task.name, scene or self._scene_spec)
+            self._scene_spec = scene or self._scene_spec
+        if seed is None:
+            seed = int(self._rng.integers(2**31))
+        chosen = scenes.choose(self._mix, seed)
+        layout = tasks.sample_layout(self.task, chosen, np.random.default_rng(seed))
         with self.lock:
             mujoco.mj_resetData(self.model, self.data)
             self.data.qpos[self._arm_q] = HOME
             self.data.ctrl[self._arm_u] = HOME
-            self.set_object_pose("can", (*can_xy, CAN_HEIGHT / 2), rng.uniform(-math.pi, math.pi))
-            self.set_object_pose("box", (*box_xy, 0.0), rng.uniform(-0.5, 0.5))
+            for name in OBJECTS:
+                self._show(name, name in layout)
+                x, y, yaw = layout.get(name, (*PARKED[name][:2], 0.0))
+                self.set_object_pose(name, (x, y, REST_HEIGHT[name] if name in layout else PARKED[name][2]), yaw)
+            self._look.apply(chosen, np.random.default_rng([seed, scenes.LOOK_STREAM]))
             mujoco.mj_forward(self.model, self.data)
+            self.seed, self.scene = seed, chosen
             self.episode += 1
 
+    def _show(self, name: str, shown: bool) -> None:
+        """Show an object, or hide it: not drawn, touching nothing, floating where it is put."""
+        geoms, m, nominal = self._geoms[name], self.model, self._nominal
+        m.geom_group[geoms] = nominal["group"][geoms] if shown else HIDDEN_GROUP
+        m.geom_contype[geoms] = nominal["contype"][geoms] if shown else 0
+        m.geom_conaffinity[geoms] = nominal["conaffinity"][geoms] if shown else 0
+        m.body_gravcomp[self._bodies[name]] = 0.0 if shown else 1.0
+
     def set_object_pose(self, name: str, pos, yaw: float = 0.0) -> None:
-        """Place "can" or "box" at rest at `pos` (its body origin) with `yaw` about world z."""
-        adr = self._object_q[name]
+        """Place an object (`mjcf.OBJECTS`) at rest at `pos` (its body origin) with `yaw` about world z."""
         with self.lock:
-            self.data.qpos[adr : adr + 3] = pos
-            self.data.qpos[adr + 3 : adr + 7] = _yaw_quat(yaw)
-            dof = self.model.joint(name).dofadr[0]
-            self.data.qvel[dof : dof + 6] = 0.0
+            if name == "target":
+                self.data.mocap_pos[self._target_mocap] = pos
+                self.data.mocap_quat[self._target_mocap] = _yaw_quat(yaw)
+            else:
+                adr = self._object_q[name]
+                self.data.qpos[adr : adr + 3] = pos
+                self.data.qpos[adr + 3 : adr + 7] = _yaw_quat(yaw)
+                dof = self.model.joint(name).dofadr[0]
+                self.data.qvel[dof : dof + 6] = 0.0
             mujoco.mj_forward(self.model, self.data)
 
     def object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Privileged state: (position (3,), quaternion wxyz (4,)) of "can" or "box" in link_base."""
-        adr = self._object_q[name]
+        """Privileged state: (position (3,), quaternion wxyz (4,)) of an object in link_base."""
         with self.lock:
+            if name == "target":
+                return self.data.mocap_pos[self._target_mocap].copy(), self.data.mocap_quat[self._target_mocap].copy()
+            adr = self._object_q[name]
             return self.data.qpos[adr : adr + 3].copy(), self.data.qpos[adr + 3 : adr + 7].copy()
 
+    def object_poses(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The poses of the objects this episode shows."""
+        with self.lock:
+            return {name: self.object_pose(name) for name in OBJECTS
+                    if self.model.geom_group[self._geoms[name][0]] != HIDDEN_GROUP}
+
+    def in_gripper(self, name: str) -> bool:
+        """Whether a finger touches the object."""
+        fingers = {self._bodies[f] for f in FINGERS}
+        body = self._bodies[name]
+        with self.lock:
+            contacts = self.data.contact[: self.data.ncon]
+            bodies = self.model.geom_bodyid[np.stack([contacts.geom1, contacts.geom2])] if len(contacts) else ()
+            return any((a == body and b in fingers) or (b == body and a in fingers) for a, b in zip(*bodies))
+
     def success(self) -> bool:
-        """The can's centre lies over the box's inner floor and its bottom is below the walls' top."""
-        can, _ = self.object_pose("can")
-        box, box_quat = self.object_pose("box")
-        rot = np.empty(9)
-        mujoco.mju_quat2Mat(rot, box_quat)
-        local = rot.reshape(3, 3).T @ (can - box)
-        inside = np.all(np.abs(local[:2]) < BOX_INNER - CAN_RADIUS / 2)
-        return bool(inside and local[2] - CAN_HEIGHT / 2 < BOX_HEIGHT)
+        """The episode's task is done, by its detector (`sim/tasks.py`)."""
+        return self.task.success(self)
 
     # --- arm ------------------------------------------------------------------------------------
 

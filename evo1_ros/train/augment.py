@@ -1,6 +1,9 @@
 """Training-time image augmentation of the Evo-1 recipe, in plain torch so it runs batched on the training
 device: with probability p per image, a random resized crop (area 0.95-1), a rotation (±5°) and a
-colour jitter (brightness 0.3, contrast 0.4, saturation 0.5, hue 0.08).
+colour jitter (brightness 0.3, contrast 0.4, saturation 0.5, hue 0.08). Optionally also a random
+shift of up to a given fraction of the image side (edges repeated, as DrQ's pad-and-crop): camera
+poses vary between setups (the sim's `camera` scene moves them by up to 2 cm and 3 degrees), and
+the reference crop moves the view by 2.5 % at most.
 
 Every random number comes from `generator` (default: torch's global CPU generator), so a seeded
 run, and a resumed one, draws the same augmentations.
@@ -47,6 +50,18 @@ def crop_and_rotate(x: torch.Tensor, generator=None) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def random_shift(x: torch.Tensor, fraction: float, generator=None) -> torch.Tensor:
+    """Float images (N, 3, h, w) moved by up to `fraction` of their size along each axis, drawn per
+    image; what comes in at the border repeats the edge pixels."""
+    n = x.shape[0]
+    offset = (torch.rand(n, 2, generator=generator) * 2 - 1) * (2 * fraction)  # normalised coords span 2
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = offset
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def color_jitter(x: torch.Tensor, generator=None) -> torch.Tensor:
     """Float images (N, 3, h, w) in [0, 1]: brightness, contrast, saturation, hue, each factor
     drawn per image; clamped to [0, 1] after every step as torchvision does."""
@@ -72,14 +87,18 @@ def color_jitter(x: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", mix, x).clamp(0, 1)
 
 
-def augment(images: torch.Tensor, p: float = 0.5, generator=None) -> torch.Tensor:
+def augment(images: torch.Tensor, p: float = 0.5, generator=None, shift: float = 0.0) -> torch.Tensor:
     """uint8 images (..., 3, h, w) -> augmented uint8 images of the same shape. Each image is
-    augmented (crop + rotation + jitter) with probability p, else returned untouched."""
+    augmented (crop + rotation + jitter, and a shift of up to `shift` of its side when that is
+    above 0) with probability p, else returned untouched."""
     flat = images.reshape(-1, *images.shape[-3:])
     chosen = (torch.rand(flat.shape[0], generator=generator) < p).to(flat.device)
     out = flat.clone()
     if bool(chosen.any()):
         x = flat[chosen].float() / 255
-        x = color_jitter(crop_and_rotate(x, generator), generator)
+        x = crop_and_rotate(x, generator)
+        if shift > 0:
+            x = random_shift(x, shift, generator)
+        x = color_jitter(x, generator)
         out[chosen] = (x * 255).round().to(images.dtype)
     return out.reshape(images.shape)

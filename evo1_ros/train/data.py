@@ -131,12 +131,13 @@ class Collate:
         }
 
 
-def model_inputs(batch: dict, cfg: Evo1Config, device, augment_p: float = 0.0, generator=None):
+def model_inputs(batch: dict, cfg: Evo1Config, device, augment_p: float = 0.0, generator=None,
+                 augment_shift: float = 0.0):
     """A collated batch -> (obs, actions, action_mask) on `device`. Augmentation and the resize
     to the model's resolution run here, on the device, rather than in the CPU workers."""
     images = batch["images"].to(device, non_blocking=True)
     if augment_p > 0:
-        images = augment(images, augment_p, generator)
+        images = augment(images, augment_p, generator, augment_shift)
     # Absent slots become zero images, as at inference (the model ignores them either way).
     pixels = normalize_pixels(images, cfg.image_size) * batch["view_mask"].to(device)[..., None, None, None]
     obs = {

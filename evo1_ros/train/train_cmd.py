@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pair each state with camera frames 0..N dataset steps older (uniform), so the "
                              "policy tolerates camera latency; for data recorded in lockstep, e.g. sim demos "
                              "(default 0)")
+    parser.add_argument("--augment-shift", type=float, default=0.0, metavar="FRACTION",
+                        help="also shift augmented images by up to this fraction of their side, e.g. 0.06 "
+                             "(default 0: the reference augmentation only)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2, help="data loader processes per GPU")
@@ -75,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps is None:
         args.steps = DEFAULT_STEPS[1 if args.stage == "1" else 2]
+    if not 0.0 <= args.augment_shift <= 0.25:
+        print(f"evo1-ros train: error: --augment-shift must lie in 0..0.25 (a fraction of the image side), "
+              f"not {args.augment_shift:g}", file=sys.stderr)
+        return 2
     try:
         train(args)
     except (DataError, CheckpointError, ResumeError) as exc:

@@ -156,7 +156,8 @@ def train_stage(model, processor, deployment: DeploymentConfig, dataset, stage: 
         lr = lr_at(step, args.lr, args.warmup, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        obs, actions, action_mask = model_inputs(next(batches), model.config, ctx.device, AUGMENT_P)
+        obs, actions, action_mask = model_inputs(next(batches), model.config, ctx.device, AUGMENT_P,
+                                                   augment_shift=args.augment_shift)
         with autocast:
             loss = step_loss(obs, actions, action_mask)
         loss.backward()
