@@ -32,8 +32,10 @@ ROS_WHEELS = [
 SIM = ["mujoco>=3.1", "opencv-python-headless>=4.8"]
 ROBOT = ["xarm-python-sdk>=1.14", "pyrealsense2>=2.54"]
 DATA = ["rosbags>=0.10", "opencv-python-headless>=4.8"]
-GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18"]
-TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18"]
+GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18", "triton>=3.2"]
+# triton: the fused action head's kernels (CUDA torch wheels bring their own); its CPU interpreter
+# runs them in the tests.
+TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18", "triton>=3.2"]
 
 setup(
     name=PACKAGE,

@@ -10,6 +10,8 @@ What makes it fast, compared with the reference server's path:
   arithmetic, dominates at this size);
 - optionally the context (ViT, LM, state token) and the head's velocity compiled with
   torch.compile: fused normalisations and pointwise ops, a fraction fewer kernels;
+- optionally the head's Euler loop as 19 Triton kernels per step instead of ~116 torch ones
+  (`head_kernels="triton"`, runtime/head_kernels.py), inside the same CUDA graph;
 - an onnxruntime backend for the action head, exported as one graph with the Euler loop
   unrolled: one call per chunk (CUDA / TensorRT providers when present; on CPU it removes the
   per-operator Python overhead that dominates a small head).
@@ -30,6 +32,7 @@ from ..model.evo1 import Evo1
 from ..model.processor import Evo1Processor
 
 BACKENDS = ("torch", "onnx")
+HEAD_KERNELS = ("torch", "triton")
 HEAD_GRAPH, HEAD_INFO = "action_head.onnx", "action_head.json"
 # Token layouts and captured graphs kept, the most recently used: each graph holds its own
 # activation memory (tens of MB for evo1-0.77b), and every new instruction brings a new layout.
@@ -154,9 +157,14 @@ class Evo1Engine:
         torch_compile: bool = False,
         num_steps: int | None = None,
         noise_scale: float | None = None,
+        head_kernels: str = "torch",
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if head_kernels not in HEAD_KERNELS:
+            raise ValueError(f"head_kernels must be one of {HEAD_KERNELS}, got {head_kernels!r}")
+        if head_kernels == "triton" and backend != "torch":
+            raise ValueError(f"head_kernels triton replaces the torch backend's head; backend {backend!r} has its own")
         self.model, self.processor, self.backend = model.eval(), processor, backend
         self.steps = int(num_steps or model.config.num_steps)
         self.noise_scale = float(model.config.noise_scale if noise_scale is None else noise_scale)
@@ -172,6 +180,11 @@ class Evo1Engine:
         # new layout pays the compilation (tens of seconds for the 0.77b model).
         self.context = torch.compile(model.context) if torch_compile else model.context
         self.velocity = torch.compile(model.head.velocity) if torch_compile else None
+        self.fused_head = None
+        if head_kernels == "triton":
+            from .head_kernels import FusedActionHead  # imports triton: only when asked for
+
+            self.fused_head = FusedActionHead(model.head, self.steps)
         if backend == "onnx":
             if onnx_dir is None:
                 raise ValueError("the onnx backend needs onnx_dir (written by `evo1-ros export-onnx`)")
@@ -182,6 +195,8 @@ class Evo1Engine:
         context, key_mask = self.context(obs, layout)
         if self.backend == "onnx":
             return self.onnx(context, key_mask, noise, mask).to(self.device)
+        if self.fused_head is not None:
+            return self.fused_head(context, key_mask, noise, mask)
         kv = self.model.head.context_keys_values(context)
         return self.model.denoise(kv, key_mask, noise, mask, self.steps, velocity=self.velocity)
 

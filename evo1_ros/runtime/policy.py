@@ -57,6 +57,7 @@ class Evo1ChunkPolicy:
         cuda_graph: bool = True,
         torch_compile: bool = False,
         noise_scale: float | None = None,
+        head_kernels: str = "torch",
     ):
         import torch
 
@@ -75,7 +76,8 @@ class Evo1ChunkPolicy:
         if processor.normalizer is None:
             raise ValueError(f"{path} has no norm_stats.json: cannot map actions to robot units")
         engine = Evo1Engine(model, processor, backend=backend, onnx_dir=onnx_dir, cuda_graph=cuda_graph,
-                            torch_compile=torch_compile, num_steps=num_steps, noise_scale=noise_scale)
+                            torch_compile=torch_compile, num_steps=num_steps, noise_scale=noise_scale,
+                            head_kernels=head_kernels)
         return cls(engine, processor.normalizer.action_dim)
 
     def predict_chunk(self, images, state, instruction):
