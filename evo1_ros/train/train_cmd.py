@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pair each state with camera frames 0..N dataset steps older (uniform), so the "
                              "policy tolerates camera latency; for data recorded in lockstep, e.g. sim demos "
                              "(default 0)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute ViT, LM and head-block activations in the backward pass instead of "
+                             "storing them: less GPU memory (a larger --batch-size fits), ~30 %% more compute")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2, help="data loader processes per GPU")
