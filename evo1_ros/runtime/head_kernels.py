@@ -252,12 +252,22 @@ def _pool(x_in, x_zero, g, beta, wp, bp, p_out, M, eps, ROWS,
     outs = n * BN + tl.arange(0, BN)
     acc = tl.zeros([BN], tl.float32)
     for m in range(r * ROWS, tl.minimum(r * ROWS + ROWS, M)):
-        rows = m + tl.arange(0, 1)
-        row_ok = rows < M
-        mean, rstd = _ln_stats(x_in, rows, row_ok, W, BK, eps)
+        total = tl.zeros([BK], tl.float32)
         for k0 in range(0, W, BK):
             cols = k0 + tl.arange(0, BK)
-            xn = tl.sum(_ln_tile(x_in, rows, row_ok, cols, mean, rstd, g, beta, W), axis=0)  # (BK,)
+            total += tl.load(x_in + m * W + cols, mask=cols < W, other=0.0)
+        mean = tl.sum(total) / W
+        var = tl.zeros([BK], tl.float32)
+        for k0 in range(0, W, BK):
+            cols = k0 + tl.arange(0, BK)
+            d = tl.where(cols < W, tl.load(x_in + m * W + cols, mask=cols < W, other=0.0) - mean, 0.0)
+            var += d * d
+        rstd = 1.0 / tl.sqrt(tl.sum(var) / W + eps)
+        for k0 in range(0, W, BK):
+            cols = k0 + tl.arange(0, BK)
+            x = tl.load(x_in + m * W + cols, mask=cols < W, other=0.0)
+            xn = (x - mean) * rstd * tl.load(g + cols, mask=cols < W, other=0.0) + tl.load(beta + cols, mask=cols < W,
+                                                                                           other=0.0)
             # Row m of the chunk meets columns m*W .. m*W+W-1 of the read-out over the flattened chunk.
             wt = tl.load(wp + outs[:, None] * (M * W) + m * W + cols[None, :],
                          mask=(outs[:, None] < W) & (cols[None, :] < W), other=0.0)
