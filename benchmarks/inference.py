@@ -6,7 +6,9 @@
 Same random weights and the same inputs for every path in one run:
   (a) naive    - what the reference server does: all 3 view slots through the ViT, the prompt
                  padded to 1024 tokens, context keys/values recomputed at every Euler step, eager.
-  (b) engine   - ours (`Evo1Engine`): backend torch (CUDA graph on GPU) and onnx.
+  (b) engine   - ours (`Evo1Engine`): backend torch (CUDA graph on GPU), with the fused Triton
+                 action head (`head_kernels="triton"`; on CPU only under TRITON_INTERPRET=1, as a
+                 smoke test), and onnx.
   (c) lerobot  - LeRobot 0.6.1 Evo1Policy through shared/tools/lerobot_evo1_probe.py, when importable.
 Prints a table (p50/p99 ms, chunks/s, peak GPU memory) and writes JSON.
 """
@@ -125,12 +127,18 @@ def engine_paths(device: str) -> dict:
     """Name -> Evo1Engine keyword arguments of every engine configuration timed on this device.
     On a GPU the onnx backend is timed only with onnxruntime's CUDA provider: its CPU provider
     would time the CPU."""
+    import os
+
     import onnxruntime
 
     paths = {"engine-torch": {}}
     if device == "cuda":
         paths = {"engine-eager": {"cuda_graph": False}, **paths,
-                 "engine-compiled": {"torch_compile": True}}
+                 "engine-compiled": {"torch_compile": True},
+                 "engine-triton": {"head_kernels": "triton"},
+                 "engine-compiled-triton": {"torch_compile": True, "head_kernels": "triton"}}
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        paths["engine-triton"] = {"head_kernels": "triton"}
     if device == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         paths["engine-onnx"] = {"backend": "onnx"}
     return paths

@@ -83,12 +83,13 @@ def test_policy_from_checkpoint_returns_robot_units(tiny, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph path needs a GPU")
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("compiled", [False, True], ids=["graph", "graph+compile"])
-def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compiled):
+@pytest.mark.parametrize("head_kernels", ["torch", "triton"])
+def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compiled, head_kernels):
     model, processor, obs, noise = tiny
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
     gpu = type(model)(model.config).to("cuda", dtype)
     gpu.load_state_dict(model.state_dict())
-    engine = Evo1Engine(gpu, processor, cuda_graph=True, torch_compile=compiled)
+    engine = Evo1Engine(gpu, processor, cuda_graph=True, torch_compile=compiled, head_kernels=head_kernels)
     mask = processor.action_mask(7)
     # The first call captures; later ones replay the graph on new pixels, state and noise.
     for step in range(3):
