@@ -8,7 +8,8 @@ and 3 views: the ViT alone (graphed and eager), the whole context (ViT + LM + st
 action head's Euler loop for 1 and 32 steps, with torch's kernels and with the fused Triton head
 (runtime/head_kernels.py); for the last view count, the head and the context with torch.compile,
 and the kernels one Euler step launches for each head (torch.profiler, ungraphed: the launches of
-a 2-step loop less those of a 1-step loop). Medians of CUDA-event times over 40 replays, ms.
+a 2-step loop less those of a 1-step loop); and the fused head's equivalence at full size: its
+chunk in fp32 and in bf16 against the torch head in fp32 from the same context. Medians of CUDA-event times over 40 replays, ms.
 --cpu-smoke runs every stage once on CPU at evo1-tiny (the fused head on Triton's interpreter):
 a check that the script works, not a measurement.
 """
@@ -16,6 +17,7 @@ a check that the script works, not a measurement.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -77,6 +79,30 @@ def kernels_per_step(make_loop) -> int:
             torch.cuda.synchronize()
         counts.append(sum(1 for e in prof.events() if e.device_type.name == "CUDA"))
     return counts[1] - counts[0]
+
+
+def equivalence(model, fused, context, key_mask, noise, mask, steps) -> dict:
+    """Max |difference| of chunks from one context: the fused head (fp32 and the model's dtype) and
+    the torch head in the model's dtype, each against the torch head in fp32 (no TF32)."""
+    from evo1_ros.runtime.head_kernels import FusedActionHead
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    exact = copy.deepcopy(model.head).float()
+    head = model.head
+
+    def torch_head(h, dtype):
+        model.head = h  # denoise reads model.head
+        try:
+            return model.denoise(h.context_keys_values(context.to(dtype)), key_mask, noise.to(dtype), mask.to(dtype),
+                                 steps)
+        finally:
+            model.head = head
+
+    reference = torch_head(exact, torch.float32)
+    fused32 = FusedActionHead(exact, steps)(context.float(), key_mask, noise.float(), mask.float())
+    return {"fused_fp32": (fused32 - reference).abs().max().item(),
+            f"fused_{str(head.pool.weight.dtype)[6:]}": (fused(context, key_mask, noise, mask) - reference).abs().max().item(),
+            f"torch_{str(head.pool.weight.dtype)[6:]}": (torch_head(head, head.pool.weight.dtype) - reference).abs().max().item()}
 
 
 def main() -> int:
@@ -147,6 +173,9 @@ def main() -> int:
                     lambda n: lambda: model.denoise(kv, key_mask, noise, mask, n, velocity=velocity))
             print("compiled: " + "  ".join(f"{k} {v:.2f}" for k, v in rows["compiled"].items()), flush=True)
         rows["kernels_per_step"] = kernels
+        rows["equivalence_max_abs"] = equivalence(model, fused[steps], kv_input, key_mask, noise, mask, steps)
+        print("fused head vs torch fp32, max |diff|: " + "  ".join(
+            f"{k} {v:.2e}" for k, v in rows["equivalence_max_abs"].items()), flush=True)
         print("kernels per Euler step: " + "  ".join(f"{k} {v}" for k, v in kernels.items()), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({

@@ -105,18 +105,21 @@ def timed(make, iters: int, device: str) -> dict:
     }
 
 
-def lerobot_row(views: int, steps: int, iters: int) -> dict | None:
+def lerobot_row(views: int, steps: int, iters: int, probe: str | None) -> dict | None:
     """LeRobot's Evo1Policy timed by the shared probe (shared/tools/lerobot_evo1_probe.py, random
-    weights, no hub) in a subprocess, or None when lerobot or the probe is not here."""
+    weights, no hub; or the copy `probe` names) in a subprocess, or None when lerobot or the probe
+    is not here."""
     import importlib.util
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    probe = next((p for p in (root / "shared", root.parent / "shared") if (p / "tools").is_dir()), None)
-    if importlib.util.find_spec("lerobot") is None or probe is None:
+    candidates = [Path(probe)] if probe else [base / "shared" / "tools" / "lerobot_evo1_probe.py"
+                                              for base in (root, root.parent)]
+    probe_file = next((p for p in candidates if p.is_file()), None)
+    if importlib.util.find_spec("lerobot") is None or probe_file is None:
         return None
     out = Path(tempfile.mkdtemp()) / "lerobot.json"
-    subprocess.run([sys.executable, str(probe / "tools" / "lerobot_evo1_probe.py"), "--views", str(views),
+    subprocess.run([sys.executable, str(probe_file), "--views", str(views),
                     "--steps", str(steps), "--iters", str(iters), "--out", str(out)], check=True)
     r = json.loads(out.read_text())
     return {"p50_ms": r["p50_ms"], "p99_ms": r["p90_ms"], "chunks_per_s": 1e3 / r["p50_ms"],
@@ -179,7 +182,7 @@ def run(args) -> list[dict]:
 
                         timings[name] = timed(make, args.iters, device)
                 if device == "cuda" and not args.no_lerobot:
-                    lerobot = lerobot_row(views, steps, args.iters)
+                    lerobot = lerobot_row(views, steps, args.iters, args.lerobot_probe)
                     if lerobot is not None:
                         timings["lerobot"] = lerobot
                 for name, r in timings.items():
@@ -207,6 +210,7 @@ def main() -> int:
     ap.add_argument("--steps", nargs="+", type=int, default=[10, 32, 50])
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--no-lerobot", action="store_true")
+    ap.add_argument("--lerobot-probe", help="path of lerobot_evo1_probe.py (default: shared/tools/ in or beside the repo)")
     ap.add_argument("--skip", nargs="*", default=[], help="engine paths not to time (e.g. engine-compiled)")
     ap.add_argument("--threads", type=int, help="torch (and onnxruntime CPU) threads (default: torch's)")
     ap.add_argument("--json", help="write results here")

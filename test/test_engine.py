@@ -35,6 +35,20 @@ def test_torch_engine_equals_the_plain_model(tiny):
     torch.testing.assert_close(out, reference(model, processor, obs, noise), atol=1e-6, rtol=0)
 
 
+def test_engine_resizes_uint8_frames_itself_as_the_processor_would(tiny):
+    model, processor, _, noise = tiny
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), None, rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)]
+    mask = processor.action_mask(7)
+    raw = processor.observation(frames, np.zeros(7), "put the can in the box", resize=False)
+    assert "pixel_values" not in raw and [tuple(i.shape) for i in raw["images"]] == [(1, 3, 90, 120), (1, 3, 112, 112),
+                                                                                     (1, 3, 60, 80)]
+    resized = processor.observation(frames, np.zeros(7), "put the can in the box")
+    engine = Evo1Engine(model, processor)
+    torch.testing.assert_close(engine.predict(raw, mask, noise), reference(model, processor, resized, noise),
+                               atol=1e-6, rtol=0)
+
+
 def test_layouts_are_cached_per_instruction_and_bounded(tiny):
     model, processor, obs, noise = tiny
     engine = Evo1Engine(model, processor)
@@ -98,11 +112,18 @@ def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compil
         out = engine.predict(new, mask, noise * (1 - 0.4 * step)).float().cpu()
         torch.testing.assert_close(out, expected, atol=atol, rtol=0)
     assert len(engine._graphs) == 1
-    # Another instruction is another token layout: a second graph, also exact.
+    # uint8 frames, resized inside the graph: a graph of their own (bicubic on the GPU may round a
+    # pixel to the next level now and then, hence the looser bound in fp32).
+    frames = [np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8), None, None]
+    raw = processor.observation(frames, np.zeros(7), "put the can in the box", resize=False)
+    expected = reference(model, processor, processor.observation(frames, np.zeros(7), "put the can in the box"), noise)
+    torch.testing.assert_close(engine.predict(raw, mask, noise).float().cpu(), expected, atol=max(atol, 1e-3), rtol=0)
+    assert len(engine._graphs) == 2
+    # Another instruction is another token layout: another graph, also exact.
     other = processor.observation([np.full((90, 120, 3), 200, np.uint8)], np.zeros(7), "open the drawer")
     torch.testing.assert_close(engine.predict(other, mask, noise).float().cpu(),
                                reference(model, processor, other, noise), atol=atol, rtol=0)
-    assert len(engine._graphs) == 2
+    assert len(engine._graphs) == 3
 
 
 def test_checkpoint_carries_how_its_chunks_are_executed(tiny, tmp_path):

@@ -1,6 +1,9 @@
 """The inference engine behind the inference node: one action chunk per observation, fast.
 
 What makes it fast, compared with the reference server's path:
+- camera frames resized and normalised on the device, inside the CUDA graph, when given as uint8
+  (`Evo1Processor.observation(..., resize=False)`): the antialiased resize to 448 px costs tens
+  of ms per view on a CPU core;
 - no padding to a fixed prompt length and no ViT work for absent views (`token_layout`);
 - prompt token ids cached per instruction (`Evo1Processor`), and the token layout they give
   computed once per instruction and set of present views;
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ..model.evo1 import Evo1
-from ..model.processor import Evo1Processor
+from ..model.processor import Evo1Processor, normalize_pixels
 
 BACKENDS = ("torch", "onnx")
 HEAD_KERNELS = ("torch", "triton")
@@ -190,7 +193,11 @@ class Evo1Engine:
                 raise ValueError("the onnx backend needs onnx_dir (written by `evo1-ros export-onnx`)")
             self.onnx = _OnnxHead(onnx_dir, self.steps)
 
-    def _chunk(self, pixel_values, state, input_ids, noise, mask, layout) -> torch.Tensor:
+    def _chunk(self, state, input_ids, noise, mask, layout, pixel_values=None, **views) -> torch.Tensor:
+        if pixel_values is None:  # uint8 frames, view_0 .. view_{V-1}
+            size = self.model.config.image_size
+            pixel_values = torch.stack([normalize_pixels(views[f"view_{i}"][0], size) for i in range(len(views))])
+            pixel_values = pixel_values.unsqueeze(0).to(self.dtype)
         obs = {"pixel_values": pixel_values, "state": state, "input_ids": input_ids}
         context, key_mask = self.context(obs, layout)
         if self.backend == "onnx":
@@ -206,10 +213,15 @@ class Evo1Engine:
         key = tuple(torch.cat([obs["input_ids"].flatten(), obs["attention_mask"].flatten(),
                                obs["view_mask"].flatten()]).tolist())
         layout = _recent(self._layouts, key, lambda: self.model.layout(obs).to(self.device))
+        if "images" in obs:  # uint8 frames (processor's resize=False): resized here, on the device
+            views = {f"view_{i}": image.to(self.device) for i, image in enumerate(obs["images"])}
+            key += tuple(image.shape for image in obs["images"])  # a graph per set of frame sizes
+        else:
+            views = {"pixel_values": obs["pixel_values"].to(self.device, self.dtype)}
         shape = (1, self.model.config.chunk_length, self.model.config.max_action_dim)
         if noise is None:
             noise = (torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1) * self.noise_scale
-        inputs = {"pixel_values": obs["pixel_values"].to(self.device, self.dtype),
+        inputs = {**views,
                   "state": obs["state"].to(self.device),
                   "input_ids": obs["input_ids"].to(self.device),
                   "noise": noise.to(device=self.device, dtype=self.dtype),

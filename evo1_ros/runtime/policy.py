@@ -81,6 +81,7 @@ class Evo1ChunkPolicy:
         return cls(engine, processor.normalizer.action_dim)
 
     def predict_chunk(self, images, state, instruction):
-        obs = self.processor.observation(images, state, instruction)
+        # On a GPU the engine resizes the frames itself (inside its CUDA graph): far cheaper than here.
+        obs = self.processor.observation(images, state, instruction, resize=self.engine.device.type == "cpu")
         actions = self.engine.predict(obs, self._action_mask)
         return self.processor.actions_to_robot(actions[0].float(), self.action_dim)
