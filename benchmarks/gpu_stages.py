@@ -5,7 +5,8 @@
 
 bf16, random weights (same as benchmarks/inference.py), 640x480 frames resized to 448. For 1, 2
 and 3 views: the ViT alone (graphed and eager), the whole context (ViT + LM + state token), and the
-action head's Euler loop for 1 and 32 steps, with torch's kernels and with the fused Triton head
+context with each SDPA backend preferred (math where it refuses), the action head's Euler loop for
+1 and 32 steps, with torch's kernels and with the fused Triton head
 (runtime/head_kernels.py); for the last view count, the head and the context with torch.compile,
 and the kernels one Euler step launches for each head (torch.profiler, ungraphed: the launches of
 a 2-step loop less those of a 1-step loop); and the fused head's equivalence at full size: its
@@ -155,6 +156,15 @@ def main() -> int:
                 "triton_head_1_step_graph_ms": timer(lambda: fused[1](kv_input, key_mask, noise, mask)),
                 f"triton_head_{steps}_steps_graph_ms": timer(lambda: fused[steps](kv_input, key_mask, noise, mask)),
             }
+            if device == "cuda":  # which SDPA kernel the ViT and LM would best run on
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                SDPBackend.MATH):
+                    def pinned(backend=backend):
+                        with sdpa_kernel([backend, SDPBackend.MATH]):  # math where the backend refuses the mask
+                            return context()
+                    rows[f"{views} views"][f"context_graph_ms_sdpa_{backend.name.lower()}"] = timer(pinned)
             print(f"{views} views: " + "  ".join(f"{k} {v:.2f}" for k, v in rows[f"{views} views"].items()), flush=True)
         kernels = {"triton": kernels_per_step(lambda n: lambda: fused[n](kv_input, key_mask, noise, mask))
                    if device == "cuda" else fused[steps].launches_per_step}

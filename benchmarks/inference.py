@@ -9,6 +9,8 @@ Same random weights and the same inputs for every path in one run:
   (b) engine   - ours (`Evo1Engine`): backend torch (CUDA graph on GPU), with the fused Triton
                  action head (`head_kernels="triton"`; on CPU only under TRITON_INTERPRET=1, as a
                  smoke test), and onnx.
+  frames-*     - the fastest engine timed from 640x480 camera frames, resized by the processor on
+                 the host or by the engine on its device (inside the CUDA graph).
   (c) lerobot  - LeRobot 0.6.1 Evo1Policy through shared/tools/lerobot_evo1_probe.py, when importable.
 Prints a table (p50/p99 ms, chunks/s, peak GPU memory) and writes JSON.
 """
@@ -181,6 +183,17 @@ def run(args) -> list[dict]:
                             return lambda: engine.predict(obs, mask, noise)
 
                         timings[name] = timed(make, args.iters, device)
+                    # From camera frames: the fastest engine with the processor's resize on the host,
+                    # then with the engine's own resize on its device.
+                    fastest = "engine-compiled-triton" if device == "cuda" else "engine-torch"
+                    if fastest in paths:
+                        for name, resize in (("frames-host-resize", True), ("frames-engine-resize", False)):
+                            def make(resize=resize):
+                                engine = Evo1Engine(model, processor, num_steps=steps, **paths[fastest])
+                                return lambda: engine.predict(
+                                    processor.observation(frames, np.zeros(7), INSTRUCTION, resize=resize), mask, noise)
+
+                            timings[name] = timed(make, args.iters, device)
                 if device == "cuda" and not args.no_lerobot:
                     lerobot = lerobot_row(views, steps, args.iters, args.lerobot_probe)
                     if lerobot is not None:
@@ -188,7 +201,7 @@ def run(args) -> list[dict]:
                 for name, r in timings.items():
                     rows.append({"preset": preset_name, "device": device, "views": views, "steps": steps,
                                  "path": name, **r})
-                    print(f"{preset_name:11s} {device:4s} views={views} steps={steps:2d} {name:15s} "
+                    print(f"{preset_name:11s} {device:4s} views={views} steps={steps:2d} {name:22s} "
                           f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  {r['chunks_per_s']:7.1f} chunks/s"
                           + (f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""), flush=True)
                 if args.json:  # after every configuration: a long run cut short keeps what it measured
