@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,7 @@ def run(args) -> list[dict]:
             mask = processor.action_mask(7).to(device)
             for steps in args.steps:
                 noise = torch.rand(1, model.config.chunk_length, 24, device=device, dtype=dtype) * 2 - 1
-                timings = {}
+                timings = Recorder(rows, args.json, preset_name, device, views, steps)
                 with torch.inference_mode():
                     timings["naive"] = timed(lambda: lambda: naive_chunk(model, obs, mask, noise, steps),
                                              args.iters, device)
@@ -182,7 +183,7 @@ def run(args) -> list[dict]:
                             engine = Evo1Engine(model, processor, num_steps=steps, **kwargs)
                             return lambda: engine.predict(obs, mask, noise)
 
-                        timings[name] = timed(make, args.iters, device)
+                        timings.attempt(name, lambda make=make: timed(make, args.iters, device))
                     # From camera frames: the fastest engine with the processor's resize on the host,
                     # then with the engine's own resize on its device.
                     fastest = "engine-compiled-triton" if device == "cuda" else "engine-torch"
@@ -193,20 +194,42 @@ def run(args) -> list[dict]:
                                 return lambda: engine.predict(
                                     processor.observation(frames, np.zeros(7), INSTRUCTION, resize=resize), mask, noise)
 
-                            timings[name] = timed(make, args.iters, device)
+                            timings.attempt(name, lambda make=make: timed(make, args.iters, device))
                 if device == "cuda" and not args.no_lerobot:
                     lerobot = lerobot_row(views, steps, args.iters, args.lerobot_probe)
                     if lerobot is not None:
                         timings["lerobot"] = lerobot
-                for name, r in timings.items():
-                    rows.append({"preset": preset_name, "device": device, "views": views, "steps": steps,
-                                 "path": name, **r})
-                    print(f"{preset_name:11s} {device:4s} views={views} steps={steps:2d} {name:22s} "
-                          f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  {r['chunks_per_s']:7.1f} chunks/s"
-                          + (f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""), flush=True)
-                if args.json:  # after every configuration: a long run cut short keeps what it measured
-                    write_json(args.json, rows)
     return rows
+
+
+class Recorder(dict):
+    """Timings of one configuration by path name: each is printed, added to `rows` and written
+    to the JSON as it comes, so a run cut short keeps what it measured."""
+
+    def __init__(self, rows: list[dict], json_path: str | None, preset_name: str, device: str, views: int, steps: int):
+        super().__init__()
+        self.rows, self.json_path = rows, json_path
+        self.where = {"preset": preset_name, "device": device, "views": views, "steps": steps}
+
+    def attempt(self, name: str, measure) -> None:
+        """timings[name] = measure(), or a row that says why it failed: one broken path (a kernel
+        that does not compile on this GPU, say) costs its row, not the rest of the run."""
+        try:
+            self[name] = measure()
+        except Exception as exc:  # noqa: BLE001  reported in the row and on stderr
+            traceback.print_exc()
+            self.rows.append({**self.where, "path": name, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{name}: failed: {type(exc).__name__}: {exc}", flush=True)
+
+    def __setitem__(self, name: str, r: dict) -> None:
+        super().__setitem__(name, r)
+        self.rows.append({**self.where, "path": name, **r})
+        print(f"{self.where['preset']:11s} {self.where['device']:4s} views={self.where['views']} "
+              f"steps={self.where['steps']:2d} {name:22s} p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  "
+              f"{r['chunks_per_s']:7.1f} chunks/s" + (f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None
+                                                      else ""), flush=True)
+        if self.json_path:
+            write_json(self.json_path, self.rows)
 
 
 def write_json(path: str, rows: list[dict]) -> None:
@@ -223,7 +246,8 @@ def main() -> int:
     ap.add_argument("--steps", nargs="+", type=int, default=[10, 32, 50])
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--no-lerobot", action="store_true")
-    ap.add_argument("--lerobot-probe", help="path of lerobot_evo1_probe.py (default: shared/tools/ in or beside the repo)")
+    ap.add_argument("--lerobot-probe",
+                    help="path of lerobot_evo1_probe.py (default: shared/tools/ in or beside the repo)")
     ap.add_argument("--skip", nargs="*", default=[], help="engine paths not to time (e.g. engine-compiled)")
     ap.add_argument("--threads", type=int, help="torch (and onnxruntime CPU) threads (default: torch's)")
     ap.add_argument("--json", help="write results here")

@@ -141,9 +141,9 @@ def main() -> int:
                 print(f"stage {stage} checkpointing {ckpt!s:5s} {row['error']}", flush=True)
             else:
                 peak = f"  peak {row['peak_gib']:.2f} GiB" if row["peak_gib"] is not None else ""
-                print(f"stage {stage} checkpointing {ckpt!s:5s} batch {args.batch_size}: {row['step_s_p50'] * 1e3:8.1f} ms"
-                      f"/step  {row['samples_per_s']:7.1f} samples/s{peak}  {row['recipe_steps']} steps = "
-                      f"{row['recipe_hours']:.2f} h", flush=True)
+                print(f"stage {stage} checkpointing {ckpt!s:5s} batch {args.batch_size}: "
+                      f"{row['step_s_p50'] * 1e3:8.1f} ms/step  {row['samples_per_s']:7.1f} samples/s{peak}  "
+                      f"{row['recipe_steps']} steps = {row['recipe_hours']:.2f} h", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     return 0 if rows and all("error" in r or r["finite_loss"] for r in rows) else 1

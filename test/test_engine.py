@@ -38,7 +38,8 @@ def test_torch_engine_equals_the_plain_model(tiny):
 def test_engine_resizes_uint8_frames_itself_as_the_processor_would(tiny):
     model, processor, _, noise = tiny
     rng = np.random.default_rng(1)
-    frames = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), None, rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)]
+    frames = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), None,
+              rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)]
     mask = processor.action_mask(7)
     raw = processor.observation(frames, np.zeros(7), "put the can in the box", resize=False)
     assert "pixel_values" not in raw and [tuple(i.shape) for i in raw["images"]] == [(1, 3, 90, 120), (1, 3, 112, 112),
