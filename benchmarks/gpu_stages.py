@@ -120,6 +120,10 @@ def equivalence(model, fused, context, key_mask, noise, mask, steps) -> dict:
             f"torch_{name}": (torch_head(head, dtype) - reference).abs().max().item()}
 
 
+def shown(row: dict) -> str:
+    return "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--views", nargs="+", type=int, default=[1, 2, 3])
@@ -181,7 +185,7 @@ def main() -> int:
                         with sdpa_kernel([backend, SDPBackend.MATH]):  # math where the backend refuses the mask
                             return context()
                     rows[f"{views} views"][f"context_graph_ms_sdpa_{backend.name.lower()}"] = timer(pinned)
-            print(f"{views} views: " + "  ".join(f"{k} {v}" for k, v in rows[f"{views} views"].items()), flush=True)
+            print(f"{views} views: {shown(rows[f'{views} views'])}", flush=True)
         if device == "cuda":
             kernels = {"triton": attempt(
                 lambda: kernels_per_step(lambda n: lambda: fused[n](kv_input, key_mask, noise, mask)))}
@@ -200,7 +204,7 @@ def main() -> int:
             if device == "cuda":
                 kernels["torch_compiled"] = kernels_per_step(
                     lambda n: lambda: model.denoise(kv, key_mask, noise, mask, n, velocity=velocity))
-            print("compiled: " + "  ".join(f"{k} {v}" for k, v in rows["compiled"].items()), flush=True)
+            print(f"compiled: {shown(rows['compiled'])}", flush=True)
         rows["kernels_per_step"] = kernels
         rows["equivalence_max_abs"] = attempt(
             lambda: equivalence(model, fused[steps], kv_input, key_mask, noise, mask, steps))
