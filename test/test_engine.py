@@ -9,7 +9,7 @@ import torch
 from evo1_ros.model.build import build_model, xarm6_normalizer
 from evo1_ros.model.checkpoint import save_checkpoint
 from evo1_ros.model.config import Evo1Config
-from evo1_ros.model.processor import Evo1Processor
+from evo1_ros.model.processor import Evo1Processor, normalize_pixels
 from evo1_ros.runtime.engine import MAX_CACHED, Evo1Engine, export_onnx
 from evo1_ros.runtime.policy import Evo1ChunkPolicy
 
@@ -113,12 +113,14 @@ def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compil
         out = engine.predict(new, mask, noise * (1 - 0.4 * step)).float().cpu()
         torch.testing.assert_close(out, expected, atol=atol, rtol=0)
     assert len(engine._graphs) == 1
-    # uint8 frames, resized inside the graph: a graph of their own (bicubic on the GPU may round a
-    # pixel to the next level now and then, hence the looser bound in fp32).
+    # uint8 frames, resized inside the graph: a graph of their own. The reference gets the same
+    # frames resized on the GPU too (bicubic there may round a pixel to another level than on CPU).
     frames = [np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8), None, None]
     raw = processor.observation(frames, np.zeros(7), "put the can in the box", resize=False)
-    expected = reference(model, processor, processor.observation(frames, np.zeros(7), "put the can in the box"), noise)
-    torch.testing.assert_close(engine.predict(raw, mask, noise).float().cpu(), expected, atol=max(atol, 1e-3), rtol=0)
+    resized = processor.observation(frames, np.zeros(7), "put the can in the box")
+    resized["pixel_values"][0, 0] = normalize_pixels(raw["images"][0].cuda(), model.config.image_size)[0].cpu()
+    torch.testing.assert_close(engine.predict(raw, mask, noise).float().cpu(),
+                               reference(model, processor, resized, noise), atol=atol, rtol=0)
     assert len(engine._graphs) == 2
     # Another instruction is another token layout: another graph, also exact.
     other = processor.observation([np.full((90, 120, 3), 200, np.uint8)], np.zeros(7), "open the drawer")

@@ -78,7 +78,8 @@ def _mm(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """a @ b (+ acc) accumulated in fp32. UPCAST: in fp32, for Triton's interpreter, which
     multiplies bf16 tiles wrongly (it reads their bits as integers)."""
     if UPCAST:
-        a, b = a.to(tl.float32), b.to(tl.float32)
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
