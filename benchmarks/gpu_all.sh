@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_all.sh OUT_DIR              # on the GPU machine (bf16, 2 views, 32 steps)
 #   bash benchmarks/gpu_all.sh OUT_DIR --cpu-smoke  # here: every step at evo1-tiny on CPU, a dry run
 #
+# Steps are cut to end within GPU_ALL_BUDGET_S seconds of the start (default 560; 1500 for the
+# CPU smoke).
 # Steps, each under its own time limit so the run always ends (a step that runs out is recorded
 # with rc 124 and the next one starts):
 #   inference.json  benchmarks/inference.py: naive reference path, engine (eager, CUDA graph,
@@ -32,10 +34,19 @@ LOG="$OUT/log.txt"
 : > "$LOG"
 SUMMARY=()
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to the log
+BUDGET=${GPU_ALL_BUDGET_S:-560}  # the device tool allows 600 s a command
+[ "$SMOKE" = "--cpu-smoke" ] && BUDGET=${GPU_ALL_BUDGET_S:-1500}
+DEADLINE=$(( $(date +%s) + BUDGET ))
+step() {  # step NAME SECONDS COMMAND...: run with a time limit (cut to what is left), output to the log
   local name=$1 limit=$2 start rc
   shift 2
   start=$(date +%s)
+  (( limit > DEADLINE - start - 10 )) && limit=$(( DEADLINE - start - 10 ))
+  if (( limit < 20 )); then
+    echo "=== $name: skipped, the run's budget is spent" | tee -a "$LOG"
+    SUMMARY+=("\"$name\": {\"rc\": null, \"seconds\": 0}")
+    return
+  fi
   echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
