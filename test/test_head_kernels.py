@@ -57,8 +57,7 @@ def eager(model, context, key_mask, noise, mask, steps):
 SMALL = Tiles(m=16, k=64, n=64, l=32, f=64, pool_rows=7)
 
 
-@pytest.mark.parametrize("masked, steps", [pytest.param(True, 2, marks=pytest.mark.slow), (False, 1)],
-                         ids=["key-mask", "all-keys"])
+@pytest.mark.parametrize("masked, steps", [(True, 2), (False, 1)], ids=["key-mask", "all-keys"])
 def test_fused_head_equals_eager_fp32(odd_head, masked, steps):
     model, context, key_mask, noise, mask = odd_head
     key_mask = key_mask if masked else None
