@@ -108,5 +108,7 @@ def test_triton_head_refusals(odd_head, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         FusedActionHead(model.head, 2)
+    with pytest.raises(ValueError, match="at least 1 step"):
+        FusedActionHead(model.head, 0)
     with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
         FusedActionHead(copy.deepcopy(model.head).double(), 2)

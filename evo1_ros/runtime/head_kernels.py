@@ -316,6 +316,8 @@ class FusedActionHead:
         dtype = head.pool.weight.dtype
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"head_kernels triton runs float32, bfloat16 or float16 weights, not {dtype}")
+        if int(steps) < 1:
+            raise ValueError(f"the Euler loop needs at least 1 step, got {steps}")
         device = head.pool.weight.device
         if device.type == "cpu" and not interpreted():
             raise ValueError("head_kernels triton needs a CUDA device, or Triton's CPU interpreter "
