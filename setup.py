@@ -33,12 +33,15 @@ ROS_WHEELS = [
 SIM = ["mujoco>=3.1", "opencv-python-headless>=4.8"]
 ROBOT = ["xarm-python-sdk>=1.14", "pyrealsense2>=2.54"]
 DATA = ["rosbags>=0.10", "opencv-python-headless>=4.8"]
-GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18"]
+GPU = ["onnx>=1.16", "onnxruntime-gpu>=1.18", "triton>=3.2"]
 # Teleop devices: a Dynamixel leader arm (GELLO) and a 3Dconnexion SpaceMouse (needs the system's
 # libhidapi-hidraw0 on a real machine; the tests feed it HID reports without one).
 TELEOP = ["dynamixel-sdk>=4.0", "pyspacemouse>=2.1"]
-# import-linter and ruff: the architecture and lint tests (test/test_architecture.py, test/test_lint.py)
-TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18", "import-linter>=2.1", "ruff>=0.6"]
+# import-linter and ruff: the architecture and lint tests (test/test_architecture.py, test/test_lint.py);
+# triton: the fused action head's kernels (CUDA torch wheels bring their own), run on its CPU
+# interpreter in the tests.
+TEST = ["pytest>=7", "hypothesis>=6", "onnx>=1.16", "onnxruntime>=1.18", "import-linter>=2.1", "ruff>=0.6",
+        "triton>=3.2"]
 
 setup(
     name=PACKAGE,

@@ -6,7 +6,11 @@
 Same random weights and the same inputs for every path in one run:
   (a) naive    - what the reference server does: all 3 view slots through the ViT, the prompt
                  padded to 1024 tokens, context keys/values recomputed at every Euler step, eager.
-  (b) engine   - ours (`Evo1Engine`): backend torch (CUDA graph on GPU) and onnx.
+  (b) engine   - ours (`Evo1Engine`): backend torch (CUDA graph on GPU), with the fused Triton
+                 action head (`head_kernels="triton"`; on CPU only under TRITON_INTERPRET=1, as a
+                 smoke test), and onnx.
+  frames-*     - the fastest engine timed from 640x480 camera frames, resized by the processor on
+                 the host or by the engine on its device (inside the CUDA graph).
   (c) lerobot  - LeRobot 0.6.1 Evo1Policy through shared/tools/lerobot_evo1_probe.py, when importable.
 Prints a table (p50/p99 ms, chunks/s, peak GPU memory) and writes JSON.
 """
@@ -21,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -103,18 +108,21 @@ def timed(make, iters: int, device: str) -> dict:
     }
 
 
-def lerobot_row(views: int, steps: int, iters: int) -> dict | None:
+def lerobot_row(views: int, steps: int, iters: int, probe: str | None) -> dict | None:
     """LeRobot's Evo1Policy timed by the shared probe (shared/tools/lerobot_evo1_probe.py, random
-    weights, no hub) in a subprocess, or None when lerobot or the probe is not here."""
+    weights, no hub; or the copy `probe` names) in a subprocess, or None when lerobot or the probe
+    is not here."""
     import importlib.util
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    probe = next((p for p in (root / "shared", root.parent / "shared") if (p / "tools").is_dir()), None)
-    if importlib.util.find_spec("lerobot") is None or probe is None:
+    candidates = [Path(probe)] if probe else [base / "shared" / "tools" / "lerobot_evo1_probe.py"
+                                              for base in (root, root.parent)]
+    probe_file = next((p for p in candidates if p.is_file()), None)
+    if importlib.util.find_spec("lerobot") is None or probe_file is None:
         return None
     out = Path(tempfile.mkdtemp()) / "lerobot.json"
-    subprocess.run([sys.executable, str(probe / "tools" / "lerobot_evo1_probe.py"), "--views", str(views),
+    subprocess.run([sys.executable, str(probe_file), "--views", str(views),
                     "--steps", str(steps), "--iters", str(iters), "--out", str(out)], check=True)
     r = json.loads(out.read_text())
     return {"p50_ms": r["p50_ms"], "p99_ms": r["p90_ms"], "chunks_per_s": 1e3 / r["p50_ms"],
@@ -125,12 +133,18 @@ def engine_paths(device: str) -> dict:
     """Name -> Evo1Engine keyword arguments of every engine configuration timed on this device.
     On a GPU the onnx backend is timed only with onnxruntime's CUDA provider: its CPU provider
     would time the CPU."""
+    import os
+
     import onnxruntime
 
     paths = {"engine-torch": {}}
     if device == "cuda":
         paths = {"engine-eager": {"cuda_graph": False}, **paths,
-                 "engine-compiled": {"torch_compile": True}}
+                 "engine-compiled": {"torch_compile": True},
+                 "engine-triton": {"head_kernels": "triton"},
+                 "engine-compiled-triton": {"torch_compile": True, "head_kernels": "triton"}}
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        paths["engine-triton"] = {"head_kernels": "triton"}
     if device == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         paths["engine-onnx"] = {"backend": "onnx"}
     return paths
@@ -157,7 +171,7 @@ def run(args) -> list[dict]:
             mask = processor.action_mask(7).to(device)
             for steps in args.steps:
                 noise = torch.rand(1, model.config.chunk_length, 24, device=device, dtype=dtype) * 2 - 1
-                timings = {}
+                timings = Recorder(rows, args.json, preset_name, device, views, steps)
                 with torch.inference_mode():
                     timings["naive"] = timed(lambda: lambda: naive_chunk(model, obs, mask, noise, steps),
                                              args.iters, device)
@@ -169,20 +183,53 @@ def run(args) -> list[dict]:
                             engine = Evo1Engine(model, processor, num_steps=steps, **kwargs)
                             return lambda: engine.predict(obs, mask, noise)
 
-                        timings[name] = timed(make, args.iters, device)
+                        timings.attempt(name, lambda make=make: timed(make, args.iters, device))
+                    # From camera frames: the fastest engine with the processor's resize on the host,
+                    # then with the engine's own resize on its device.
+                    fastest = "engine-compiled-triton" if device == "cuda" else "engine-torch"
+                    if fastest in paths:
+                        for name, resize in (("frames-host-resize", True), ("frames-engine-resize", False)):
+                            def make(resize=resize):
+                                engine = Evo1Engine(model, processor, num_steps=steps, **paths[fastest])
+                                return lambda: engine.predict(
+                                    processor.observation(frames, np.zeros(7), INSTRUCTION, resize=resize), mask, noise)
+
+                            timings.attempt(name, lambda make=make: timed(make, args.iters, device))
                 if device == "cuda" and not args.no_lerobot:
-                    lerobot = lerobot_row(views, steps, args.iters)
+                    lerobot = lerobot_row(views, steps, args.iters, args.lerobot_probe)
                     if lerobot is not None:
                         timings["lerobot"] = lerobot
-                for name, r in timings.items():
-                    rows.append({"preset": preset_name, "device": device, "views": views, "steps": steps,
-                                 "path": name, **r})
-                    print(f"{preset_name:11s} {device:4s} views={views} steps={steps:2d} {name:15s} "
-                          f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  {r['chunks_per_s']:7.1f} chunks/s"
-                          + (f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""), flush=True)
-                if args.json:  # after every configuration: a long run cut short keeps what it measured
-                    write_json(args.json, rows)
     return rows
+
+
+class Recorder(dict):
+    """Timings of one configuration by path name: each is printed, added to `rows` and written
+    to the JSON as it comes, so a run cut short keeps what it measured."""
+
+    def __init__(self, rows: list[dict], json_path: str | None, preset_name: str, device: str, views: int, steps: int):
+        super().__init__()
+        self.rows, self.json_path = rows, json_path
+        self.where = {"preset": preset_name, "device": device, "views": views, "steps": steps}
+
+    def attempt(self, name: str, measure) -> None:
+        """timings[name] = measure(), or a row that says why it failed: one broken path (a kernel
+        that does not compile on this GPU, say) costs its row, not the rest of the run."""
+        try:
+            self[name] = measure()
+        except Exception as exc:  # noqa: BLE001  reported in the row and on stderr
+            traceback.print_exc()
+            self.rows.append({**self.where, "path": name, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{name}: failed: {type(exc).__name__}: {exc}", flush=True)
+
+    def __setitem__(self, name: str, r: dict) -> None:
+        super().__setitem__(name, r)
+        self.rows.append({**self.where, "path": name, **r})
+        print(f"{self.where['preset']:11s} {self.where['device']:4s} views={self.where['views']} "
+              f"steps={self.where['steps']:2d} {name:22s} p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  "
+              f"{r['chunks_per_s']:7.1f} chunks/s" + (f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None
+                                                      else ""), flush=True)
+        if self.json_path:
+            write_json(self.json_path, self.rows)
 
 
 def write_json(path: str, rows: list[dict]) -> None:
@@ -199,6 +246,8 @@ def main() -> int:
     ap.add_argument("--steps", nargs="+", type=int, default=[10, 32, 50])
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--no-lerobot", action="store_true")
+    ap.add_argument("--lerobot-probe",
+                    help="path of lerobot_evo1_probe.py (default: shared/tools/ in or beside the repo)")
     ap.add_argument("--skip", nargs="*", default=[], help="engine paths not to time (e.g. engine-compiled)")
     ap.add_argument("--threads", type=int, help="torch (and onnxruntime CPU) threads (default: torch's)")
     ap.add_argument("--json", help="write results here")

@@ -21,9 +21,13 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+# Without a GPU, Triton kernels (runtime/head_kernels.py) run on Triton's CPU interpreter; read
+# when triton is first imported.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REQUIRE_ALL = os.environ.get("EVO1_ROS_REQUIRE_ALL") == "1"
-REQUIRED = ("rclpy", "mujoco", "onnxruntime", "cv2", "torch", "rosbags")  # what the test extra installs
+REQUIRED = ("rclpy", "mujoco", "onnxruntime", "cv2", "torch", "rosbags", "triton")  # what the test extra installs
 SKIPPED_IMPORT = re.compile(r"could not import '([\w.]+)'")
 
 

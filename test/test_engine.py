@@ -6,7 +6,7 @@ import torch
 
 from evo1_ros.model.build import build_model, xarm6_normalizer
 from evo1_ros.model.checkpoint import save_checkpoint
-from evo1_ros.model.processor import Evo1Processor
+from evo1_ros.model.processor import Evo1Processor, normalize_pixels
 from evo1_ros.runtime.deployment import DeploymentConfig
 from evo1_ros.runtime.engine import MAX_CACHED, Evo1Engine, export_onnx
 from evo1_ros.runtime.policy import Evo1ChunkPolicy
@@ -31,6 +31,21 @@ def test_torch_engine_equals_the_plain_model(tiny):
     model, processor, obs, noise = tiny
     out = Evo1Engine(model, processor).predict(obs, processor.action_mask(7), noise)
     torch.testing.assert_close(out, reference(model, processor, obs, noise), atol=1e-6, rtol=0)
+
+
+def test_engine_resizes_uint8_frames_itself_as_the_processor_would(tiny):
+    model, processor, _, noise = tiny
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), None,
+              rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)]
+    mask = processor.action_mask(7)
+    raw = processor.observation(frames, np.zeros(7), "put the can in the box", resize=False)
+    assert "pixel_values" not in raw and [tuple(i.shape) for i in raw["images"]] == [(1, 3, 90, 120), (1, 3, 112, 112),
+                                                                                     (1, 3, 60, 80)]
+    resized = processor.observation(frames, np.zeros(7), "put the can in the box")
+    engine = Evo1Engine(model, processor)
+    torch.testing.assert_close(engine.predict(raw, mask, noise), reference(model, processor, resized, noise),
+                               atol=1e-6, rtol=0)
 
 
 def test_layouts_are_cached_per_instruction_and_bounded(tiny):
@@ -81,12 +96,13 @@ def test_policy_from_checkpoint_returns_robot_units(tiny, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph path needs a GPU")
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("compiled", [False, True], ids=["graph", "graph+compile"])
-def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compiled):
+@pytest.mark.parametrize("head_kernels", ["torch", "triton"])
+def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compiled, head_kernels):
     model, processor, obs, noise = tiny
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
     gpu = type(model)(model.config).to("cuda", dtype)
     gpu.load_state_dict(model.state_dict())
-    engine = Evo1Engine(gpu, processor, cuda_graph=True, torch_compile=compiled)
+    engine = Evo1Engine(gpu, processor, cuda_graph=True, torch_compile=compiled, head_kernels=head_kernels)
     mask = processor.action_mask(7)
     # The first call captures; later ones replay the graph on new pixels, state and noise.
     for step in range(3):
@@ -95,11 +111,20 @@ def test_cuda_graph_engine_equals_the_eager_fp32_model(tiny, dtype, atol, compil
         out = engine.predict(new, mask, noise * (1 - 0.4 * step)).float().cpu()
         torch.testing.assert_close(out, expected, atol=atol, rtol=0)
     assert len(engine._graphs) == 1
-    # Another instruction is another token layout: a second graph, also exact.
+    # uint8 frames, resized inside the graph: a graph of their own. The reference gets the same
+    # frames resized on the GPU too (bicubic there may round a pixel to another level than on CPU).
+    frames = [np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8), None, None]
+    raw = processor.observation(frames, np.zeros(7), "put the can in the box", resize=False)
+    resized = processor.observation(frames, np.zeros(7), "put the can in the box")
+    resized["pixel_values"][0, 0] = normalize_pixels(raw["images"][0].cuda(), model.config.image_size)[0].cpu()
+    torch.testing.assert_close(engine.predict(raw, mask, noise).float().cpu(),
+                               reference(model, processor, resized, noise), atol=atol, rtol=0)
+    assert len(engine._graphs) == 2
+    # Another instruction is another token layout: another graph, also exact.
     other = processor.observation([np.full((90, 120, 3), 200, np.uint8)], np.zeros(7), "open the drawer")
     torch.testing.assert_close(engine.predict(other, mask, noise).float().cpu(),
                                reference(model, processor, other, noise), atol=atol, rtol=0)
-    assert len(engine._graphs) == 2
+    assert len(engine._graphs) == 3
 
 
 def test_checkpoint_carries_how_its_chunks_are_executed(tiny, tmp_path):

@@ -176,3 +176,42 @@ def test_bad_datasets_fail_clearly(tmp_path, capsys, kind, message):
         write_dataset(root, episodes=1, length=2, names=[f"j{i}" for i in range(25)])
     assert train(root, tmp_path / "out", "--stage", "1", "--steps", "1") == 1
     assert message in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(data, tmp_path):
+    from evo1_ros.train.stages import set_gradient_checkpointing
+
+    model, tokenizer = build_model("evo1-tiny", seed=0)
+    processor = Evo1Processor(model.config, tokenizer, None)
+    dataset, processor.normalizer = open_datasets([data], model.config)
+    obs, actions, mask = model_inputs(Collate(processor)([dataset[i] for i in range(4)]), model.config, "cpu")
+    # A module inside each checkpointed layer: it runs again when the backward pass recomputes the layer.
+    layers = [model.head.blocks[0].fc1, model.vlm.vision_tower.encoder.layer[0].mlp,
+              model.vlm.language_model.layers[0].mlp]
+
+    def gradients(checkpointing: bool):
+        set_gradient_checkpointing(model, checkpointing)
+        calls = [0] * len(layers)
+
+        def counted(i, forward):  # forward hooks do not fire when checkpointing recomputes
+            def run(*args, **kwargs):
+                calls[i] += 1
+                return forward(*args, **kwargs)
+            return run
+
+        for i, layer in enumerate(layers):
+            layer.forward = counted(i, type(layer).forward.__get__(layer))
+        model.train().zero_grad()
+        model.loss(obs, actions, mask, generator=torch.Generator().manual_seed(0)).backward()
+        for layer in layers:
+            del layer.forward
+        return {n: p.grad.clone() for n, p in model.named_parameters()}, calls
+
+    plain, plain_calls = gradients(False)
+    recomputed, calls = gradients(True)
+    assert plain_calls == [1, 1, 1] and calls == [2, 2, 2]  # each layer ran again in the backward pass
+    for name, grad in plain.items():
+        torch.testing.assert_close(recomputed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    # The command takes the option.
+    assert train(data, tmp_path, "--stage", "2", "--steps", "2", "--gradient-checkpointing") == 0
+    assert (tmp_path / "stage2" / "final").is_dir()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import InternVLModel
 
 from .config import Evo1Config
@@ -207,6 +208,9 @@ class ActionHead(nn.Module):
         self.out_fc1 = nn.Linear(w, cfg.head_hidden)
         self.out_fc2 = nn.Linear(cfg.head_hidden, h * cfg.max_action_dim)
         self.register_buffer("time_table", sinusoidal_table(TIME_TABLE_ROWS, w), persistent=False)
+        # Training only: recompute each block's activations in the backward pass instead of
+        # storing them (less memory, one more forward per block).
+        self.gradient_checkpointing = False
 
     def context_keys_values(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [block.attn.keys_values(context) for block in self.blocks]
@@ -215,7 +219,10 @@ class ActionHead(nn.Module):
         """Predicted flow velocity (B, H, A) for noisy actions (B, H, A) at the given time."""
         x = self.action_encoder(noisy_actions)
         for block, (keys, values) in zip(self.blocks, kv):
-            x = block(x, keys, values, key_mask, time_emb)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, keys, values, key_mask, time_emb, use_reentrant=False)
+            else:
+                x = block(x, keys, values, key_mask, time_emb)
         x = self.pool(self.norm_out(x).flatten(1))
         return self.out_fc2(F.relu(self.out_fc1(x))).view(-1, self.horizon, self.action_dim)
 

@@ -48,23 +48,32 @@ def normalize_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     return ((x - mean) / std).reshape(*lead, 3, size, size)
 
 
-def images_to_pixels(frames: Sequence[np.ndarray | None], cfg: Evo1Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per view slot an (h, w, 3) uint8 RGB frame or None -> pixel_values (1, V, 3, P, P) and
-    view_mask (1, V). Absent views are zero images, masked out downstream."""
+def frames_to_images(frames: Sequence[np.ndarray | None], cfg: Evo1Config) -> tuple[list, torch.Tensor]:
+    """Per view slot an (h, w, 3) uint8 RGB frame or None -> per slot a (3, h, w) uint8 tensor or
+    None, and view_mask (1, V)."""
     if len(frames) > cfg.max_views:
         raise ValueError(f"{len(frames)} views given; this model takes at most {cfg.max_views}")
-    p = cfg.image_size
-    pixels = torch.zeros(cfg.max_views, 3, p, p)
-    mask = torch.zeros(cfg.max_views, dtype=torch.bool)
+    images = [None] * cfg.max_views
     for slot, frame in enumerate(frames):
         if frame is None:
             continue
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"view {slot}: expected (h, w, 3) uint8 RGB, got {frame.dtype} {frame.shape}")
-        pixels[slot] = normalize_pixels(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1), p)
-        mask[slot] = True
-    return pixels.unsqueeze(0), mask.unsqueeze(0)
+        images[slot] = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+    return images, torch.tensor([[image is not None for image in images]])
+
+
+def images_to_pixels(frames: Sequence[np.ndarray | None], cfg: Evo1Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per view slot an (h, w, 3) uint8 RGB frame or None -> pixel_values (1, V, 3, P, P) and
+    view_mask (1, V). Absent views are zero images, masked out downstream."""
+    images, mask = frames_to_images(frames, cfg)
+    p = cfg.image_size
+    pixels = torch.zeros(cfg.max_views, 3, p, p)
+    for slot, image in enumerate(images):
+        if image is not None:
+            pixels[slot] = normalize_pixels(image, p)
+    return pixels.unsqueeze(0), mask
 
 
 # Normalisation modes: "bounds" is the reference's (clipped to [-1, 1]); the others are LeRobot's
@@ -225,13 +234,23 @@ class Evo1Processor:
         out[0, : state.shape[0]] = torch.from_numpy(state).float()
         return out
 
-    def observation(self, frames: Sequence[np.ndarray | None], state: np.ndarray, instruction: str) -> dict:
-        pixel_values, view_mask = images_to_pixels(frames, self.cfg)
+    def observation(self, frames: Sequence[np.ndarray | None], state: np.ndarray, instruction: str,
+                    resize: bool = True) -> dict:
+        """The model's inputs for one observation. resize=False leaves the views as uint8 frames,
+        "images": per slot (1, 3, h, w), absent slots a zero image at the model's size, for
+        `Evo1Engine` to resize and normalise on its device (inside its CUDA graph)."""
+        if resize:
+            pixel_values, view_mask = images_to_pixels(frames, self.cfg)
+            views = {"pixel_values": pixel_values}
+        else:
+            images, view_mask = frames_to_images(frames, self.cfg)
+            zero = torch.zeros(1, 3, self.cfg.image_size, self.cfg.image_size, dtype=torch.uint8)
+            views = {"images": tuple(zero if i is None else i.unsqueeze(0) for i in images)}
         if not bool(view_mask.any()):
             raise ValueError("no camera view available: at least one image is needed")
         input_ids, attention_mask = self.tokenize([instruction])
         return {
-            "pixel_values": pixel_values,
+            **views,
             "view_mask": view_mask,
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -69,6 +69,7 @@ PARAMETERS = {
     "backend": ("torch", "inference engine backend: torch (CUDA graph on GPU) or onnx"),
     "torch_compile": (False, "backend torch: torch.compile the context and head (fused kernels; the first "
                              "chunk of each instruction waits for the compile, ~1 min for evo1-0.77b)"),
+    "head_kernels": ("torch", "backend torch: the action head's kernels, torch or triton (fused, CUDA)"),
     "onnx_dir": ("", "action-head ONNX graphs for backend onnx (evo1-ros export-onnx); empty: CHECKPOINT/onnx"),
     "noise_scale": (-1.0, "spread of the sampler's starting noise, 0..1 (0 = deterministic chunks); "
                           "negative = the checkpoint's own (noise_scale in its deployment.json)"),
@@ -195,6 +196,7 @@ class InferenceNode(Node):
         return Evo1ChunkPolicy.from_checkpoint(
             p["checkpoint"], device=p["device"], dtype=p["dtype"], backend=p["backend"], onnx_dir=onnx_dir,
             torch_compile=p["torch_compile"], noise_scale=None if p["noise_scale"] < 0 else p["noise_scale"],
+            head_kernels=p["head_kernels"],
         )
 
     def _follow_joint_trajectory_client(self, action_name: str):

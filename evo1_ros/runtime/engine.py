@@ -1,6 +1,9 @@
 """The inference engine behind the inference node: one action chunk per observation, fast.
 
 What makes it fast, compared with the reference server's path:
+- camera frames resized and normalised on the device, inside the CUDA graph, when given as uint8
+  (`Evo1Processor.observation(..., resize=False)`): the antialiased resize to 448 px costs ~7 ms
+  per view on a CPU core, more than the whole chunk is meant to take on a GPU;
 - no padding to a fixed prompt length and no ViT work for absent views (`token_layout`);
 - prompt token ids cached per instruction (`Evo1Processor`), and the token layout they give
   computed once per instruction and set of present views;
@@ -10,6 +13,8 @@ What makes it fast, compared with the reference server's path:
   arithmetic, dominates at this size);
 - optionally the context (ViT, LM, state token) and the head's velocity compiled with
   torch.compile: fused normalisations and pointwise ops, a fraction fewer kernels;
+- optionally the head's Euler loop as 19 Triton kernels per step instead of ~116 torch ones
+  (`head_kernels="triton"`, runtime/head_kernels.py), inside the same CUDA graph;
 - an onnxruntime backend for the action head, exported as one graph with the Euler loop
   unrolled: one call per chunk (CUDA / TensorRT providers when present; on CPU it removes the
   per-operator Python overhead that dominates a small head).
@@ -31,10 +36,11 @@ from pathlib import Path
 import torch
 
 from ..model.evo1 import Evo1
-from ..model.processor import Evo1Processor
+from ..model.processor import Evo1Processor, normalize_pixels
 from .rtc import Guidance
 
 BACKENDS = ("torch", "onnx")
+HEAD_KERNELS = ("torch", "triton")
 HEAD_GRAPH, HEAD_INFO = "action_head.onnx", "action_head.json"
 # Token layouts and captured graphs kept, the most recently used: each graph holds its own
 # activation memory (tens of MB for evo1-0.77b), and every new instruction brings a new layout.
@@ -159,9 +165,14 @@ class Evo1Engine:
         torch_compile: bool = False,
         num_steps: int | None = None,
         noise_scale: float = 1.0,
+        head_kernels: str = "torch",
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if head_kernels not in HEAD_KERNELS:
+            raise ValueError(f"head_kernels must be one of {HEAD_KERNELS}, got {head_kernels!r}")
+        if head_kernels == "triton" and backend != "torch":
+            raise ValueError(f"head_kernels triton replaces the torch backend's head; backend {backend!r} has its own")
         self.model, self.processor, self.backend = model.eval(), processor, backend
         self.steps = int(num_steps or model.config.num_steps)
         self.noise_scale = float(noise_scale)  # a deployment setting (runtime/deployment.py)
@@ -179,6 +190,13 @@ class Evo1Engine:
         self.velocity = torch.compile(model.head.velocity) if torch_compile else None
         # Why this engine cannot run real-time chunking, or None if it can.
         self.rtc_refusal = None
+        self.fused_head = None
+        if head_kernels == "triton":
+            from .head_kernels import FusedActionHead  # imports triton: only when asked for
+
+            self.fused_head = FusedActionHead(model.head, self.steps)
+            self.rtc_refusal = ("head_kernels triton cannot run real-time chunking: its kernels give no "
+                                "gradient for the guidance; use head_kernels torch")
         if backend == "onnx":
             if onnx_dir is None:
                 raise ValueError("the onnx backend needs onnx_dir (written by `evo1-ros export-onnx`)")
@@ -186,12 +204,18 @@ class Evo1Engine:
             self.rtc_refusal = ("the onnx backend cannot run real-time chunking: its exported head has no "
                                 "gradient for the guidance; use backend torch")
 
-    def _chunk(self, pixel_values, state, input_ids, noise, mask, layout, prefix=None, weights=None,
-               max_weight=None) -> torch.Tensor:
+    def _chunk(self, state, input_ids, noise, mask, layout, pixel_values=None, prefix=None, weights=None,
+               max_weight=None, **views) -> torch.Tensor:
+        if pixel_values is None:  # uint8 frames, view_0 .. view_{V-1}
+            size = self.model.config.image_size
+            pixel_values = torch.stack([normalize_pixels(views[f"view_{i}"][0], size) for i in range(len(views))])
+            pixel_values = pixel_values.unsqueeze(0).to(self.dtype)
         obs = {"pixel_values": pixel_values, "state": state, "input_ids": input_ids}
         context, key_mask = self.context(obs, layout)
         if self.backend == "onnx":
             return self.onnx(context, key_mask, noise, mask).to(self.device)
+        if self.fused_head is not None:
+            return self.fused_head(context, key_mask, noise, mask)
         kv = self.model.head.context_keys_values(context)
         guidance = None if prefix is None else Guidance(prefix, weights, max_weight)
         return self.model.denoise(kv, key_mask, noise, mask, self.steps, velocity=self.velocity, guidance=guidance)
@@ -209,10 +233,15 @@ class Evo1Engine:
         key = tuple(torch.cat([obs["input_ids"].flatten(), obs["attention_mask"].flatten(),
                                obs["view_mask"].flatten()]).tolist())
         layout = _recent(self._layouts, key, lambda: self.model.layout(obs).to(self.device))
+        if "images" in obs:  # uint8 frames (processor's resize=False): resized here, on the device
+            views = {f"view_{i}": image.to(self.device) for i, image in enumerate(obs["images"])}
+            key += tuple(image.shape for image in obs["images"])  # a graph per set of frame sizes
+        else:
+            views = {"pixel_values": obs["pixel_values"].to(self.device, self.dtype)}
         shape = (1, self.model.config.chunk_length, self.model.config.max_action_dim)
         if noise is None:
             noise = (torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1) * self.noise_scale
-        inputs = {"pixel_values": obs["pixel_values"].to(self.device, self.dtype),
+        inputs = {**views,
                   "state": obs["state"].to(self.device),
                   "input_ids": obs["input_ids"].to(self.device),
                   "noise": noise.to(device=self.device, dtype=self.dtype),

@@ -19,6 +19,23 @@ def set_stage(model: Evo1, stage: int) -> None:
     model.head.requires_grad_(True)
 
 
+def set_gradient_checkpointing(model: Evo1, enabled: bool) -> None:
+    """Recompute activations in the backward pass instead of storing them: the ViT and LM layers
+    (transformers' own mechanism) and the action head's blocks. Trades about a third more compute
+    for activation memory; the gradients are the same."""
+    vlm = model.vlm
+    if hasattr(vlm, "activation_checkpointing_enable"):  # the name in newer transformers 5.x
+        if enabled:
+            vlm.activation_checkpointing_enable()  # non-reentrant by default
+        else:
+            vlm.activation_checkpointing_disable()
+    elif enabled:
+        vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        vlm.gradient_checkpointing_disable()
+    model.head.gradient_checkpointing = enabled
+
+
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters split into decayed matrices and undecayed biases, norms and scales."""
     decay, no_decay = [], []

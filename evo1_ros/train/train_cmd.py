@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment-shift", type=float, default=0.0, metavar="FRACTION",
                         help="also shift augmented images by up to this fraction of their side, e.g. 0.06 "
                              "(default 0: the reference augmentation only)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute ViT, LM and head-block activations in the backward pass instead of "
+                             "storing them: less GPU memory (a larger --batch-size fits), ~30 %% more compute")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2, help="data loader processes per GPU")

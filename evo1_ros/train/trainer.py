@@ -24,7 +24,7 @@ from ..model.checkpoint import WEIGHTS, load_checkpoint, load_strict, save_check
 from ..model.processor import Evo1Processor
 from ..runtime.deployment import DeploymentConfig
 from .data import Collate, DataError, ResumableSampler, dataset_deployment, model_inputs, open_datasets
-from .stages import optimizer_groups, set_stage
+from .stages import optimizer_groups, set_gradient_checkpointing, set_stage
 
 WEIGHT_DECAY = 1e-3
 GRAD_CLIP = 1.0
@@ -112,6 +112,7 @@ def train_stage(model, processor, deployment: DeploymentConfig, dataset, stage: 
         raise ResumeError(f"{out} already holds a run: pass --resume to continue it, or another --out")
 
     set_stage(model, stage)
+    set_gradient_checkpointing(model, args.gradient_checkpointing)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(optimizer_groups(model, WEIGHT_DECAY), lr=args.lr)
     sampler = ResumableSampler(dataset, ctx.world, ctx.rank, args.seed)
@@ -150,20 +151,14 @@ def train_stage(model, processor, deployment: DeploymentConfig, dataset, stage: 
               f"steps {start}..{steps}, batch {args.batch_size} x {ctx.world}, device {ctx.device}")
     bar = tqdm(total=steps, initial=start, desc=f"stage {stage}", disable=not ctx.main, dynamic_ncols=True)
     batches = endless(loader, sampler, start, per_epoch, args.batch_size)
-    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda")
+    autocast = bf16_autocast(ctx.device)
     t0 = time.time()
     for step in range(start, steps):
         lr = lr_at(step, args.lr, args.warmup, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        obs, actions, action_mask = model_inputs(next(batches), model.config, ctx.device, AUGMENT_P,
-                                                   augment_shift=args.augment_shift)
-        with autocast:
-            loss = step_loss(obs, actions, action_mask)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        inputs = model_inputs(next(batches), model.config, ctx.device, AUGMENT_P, augment_shift=args.augment_shift)
+        loss, grad_norm = train_step(step_loss, optimizer, trainable, inputs, autocast)
 
         done = step + 1
         if ctx.main:  # rank 0's batch loss; seconds since this process began the stage
@@ -192,6 +187,23 @@ def train_stage(model, processor, deployment: DeploymentConfig, dataset, stage: 
         print(f"stage {stage}: wrote {final}")
     ctx.barrier()
     return True
+
+
+def bf16_autocast(device: torch.device):
+    """The recipe's mixed precision: bf16 autocast on CUDA, plain fp32 elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_step(step_loss, optimizer, trainable, inputs, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on (obs, actions, action_mask); returns the loss and the gradient norm
+    before clipping. Also what benchmarks/train_throughput.py times."""
+    with autocast:
+        loss = step_loss(*inputs)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
 
 
 class LossOf(torch.nn.Module):
