@@ -8,6 +8,7 @@ one of them could not be imported fails its test.
 """
 
 import importlib
+import importlib.util
 import itertools
 import os
 import random
@@ -25,9 +26,13 @@ os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 # when triton is first imported.
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Triton before anything loads MuJoCo's OSMesa, as evo1_ros/sim/__init__.py does: a test module
+# that imports mujoco first (pytest.importorskip) would otherwise crash the run once torch loads Triton.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 
 REQUIRE_ALL = os.environ.get("EVO1_ROS_REQUIRE_ALL") == "1"
-REQUIRED = ("rclpy", "mujoco", "onnxruntime", "cv2", "torch", "rosbags", "triton")  # what the test extra installs
+REQUIRED = ("triton", "rclpy", "mujoco", "onnxruntime", "cv2", "torch", "rosbags")  # what the test extra installs
 SKIPPED_IMPORT = re.compile(r"could not import '([\w.]+)'")
 
 

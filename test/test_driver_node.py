@@ -35,7 +35,7 @@ from evo1_ros.robot.backends import FakeBackend  # noqa: E402
 from evo1_ros.runtime.safety import SafetyLimits  # noqa: E402
 
 pytestmark = pytest.mark.ros
-NAMES = list(xarm6.JOINT_NAMES) + [xarm6.GRIPPER_JOINT]
+NAMES = list(xarm6.JOINT_STATE_NAMES)
 
 
 class RecordingFakeBackend(FakeBackend):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from evo1_ros import cli
-from evo1_ros.data.convert import NAMES, norm_stats, write_episode
+from evo1_ros.data.convert import norm_stats, write_episode
+from evo1_ros.robot.xarm6 import JOINT_STATE_NAMES as NAMES
 from evo1_ros.model.build import build_model
 from evo1_ros.model.checkpoint import load_checkpoint
 from evo1_ros.model.processor import Evo1Processor
