@@ -314,11 +314,36 @@ def test_first_motion_to_a_far_target_is_no_faster_than_the_reduced_limit():
 
     reach(lambda: None)  # activated by make_loop
     back_home()
-    reach(lambda: run(loop, clock, 0.5))  # resume after the watchdog held the arm
+    reach(lambda: run(loop, clock, 1.5))  # resume after the watchdog held the arm (a pause, not a chunk seam)
     back_home()
     reach(lambda: (loop.emergency_stop(), run(loop, clock, 0.3), loop.reset()))
     back_home()
     reach(loop.recover)
+
+
+def test_a_trajectory_that_goes_on_from_where_the_arm_stands_is_no_first_motion():
+    """A policy that pauses at a chunk seam (the watchdog holds the arm briefly) and goes on is
+    followed at full speed: a slow first motion could never catch up with it."""
+    limits = SafetyLimits()
+    loop, backend, clock = make_loop(limits)
+    start_pose = np.append(xarm6.HOME, 0.0)
+    for _ in range(20):  # at rest at HOME, past the activation
+        loop.submit([clock.now + 0.05], [start_pose])
+        run(loop, clock, 0.03)
+    run(loop, clock, 0.5)  # the watchdog holds the arm
+    assert loop.status().stopping_reason
+    speed = 1.5  # rad/s on joint 1: far above first_motion_scale * max_velocity
+    began, first = clock.now, len(backend.commands)
+    for _ in range(20):  # a trajectory from where the arm stands, moving on at `speed`
+        times = clock.now + np.arange(1, 6) * 0.05
+        points = np.tile(start_pose, (5, 1))
+        points[:, 0] += speed * (times - began)
+        loop.submit(times, points)
+        run(loop, clock, 0.03)
+    speeds = command_speeds(backend.commands[first:], loop.period)
+    assert speeds[-5:].min() > limits.first_motion_scale * limits.max_velocity * 2
+    # behind only by what accelerating from rest costs (~0.1 rad); a first motion would trail by ~0.6
+    assert abs(backend.commands[-1][0] - (start_pose[0] + speed * (clock.now - began))) < 0.2
 
 
 def test_new_limits_take_effect_on_the_running_loop():

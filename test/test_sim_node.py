@@ -108,7 +108,7 @@ def test_parameters_are_described_and_changes_applied_or_refused(rig):
     assert sim.set_parameters([Parameter("seed", value=42)])[0].successful
     client = probe.create_client(Trigger, "/evo1_sim/reset")
     assert client.wait_for_service(timeout_sec=5.0)
-    for expected in ("(seed 42)", "(seed 43)"):
+    for expected in ("(seed 42,", "(seed 43,"):
         future = client.call_async(Trigger.Request())
         assert wait_for(future.done) and expected in future.result().message
 

@@ -74,9 +74,11 @@ LIMITS = {  # name: (default, description); validated and applied on set (Safety
     "max_velocity": (xarm6.MOVEIT_MAX_VELOCITY, f"rad/s, every joint (at most {xarm6.URDF_MAX_VELOCITY})"),
     "max_acceleration": (xarm6.MOVEIT_MAX_ACCELERATION, "rad/s^2, every joint"),
     "gripper_max_velocity": (1.7, "drive_joint units/s"),
-    "first_motion_scale": (0.25, "fraction of max_velocity for the first motion after activation, reset, "
-                                 "resume, recover or teaching, until within first_motion_tolerance of the target"),
-    "first_motion_tolerance": (0.02, "rad: the first motion ends once every joint is this close to its target"),
+    "first_motion_scale": (0.25, "fraction of max_velocity for the first motion after activation, reset, recover, "
+                                 "teaching or a hold of 1 s or more, toward a target farther than "
+                                 "first_motion_tolerance, until within first_motion_tolerance of it"),
+    "first_motion_tolerance": (0.02, "rad: a first target this close is a continuation (full speed); a first motion "
+                                     "ends once every joint is this close to its target"),
 }
 PARAMETERS = {**READ_ONLY, **LIMITS}
 
@@ -143,7 +145,8 @@ class Xarm6DriverNode(LifecycleNode):
         self._sim_time = self.get_parameter("use_sim_time").value
         clock = self._ros_seconds if self._sim_time else time.monotonic
         loop = ServoLoop(backend, self.limits, p["servo_rate_hz"], on_state=self._publish_joint_state, clock=clock,
-                         realtime_priority=p["realtime_priority"], on_death=self._on_servo_death)
+                         realtime_priority=p["realtime_priority"], on_death=self._on_servo_death,
+                         ticks_on_clock=self._sim_time)
         if not loop.connect():
             loop.shutdown()
             return self._configure_failed(f"{backend.name} backend not ready: {loop.status().fault}")

@@ -39,6 +39,10 @@ class DriverBackend(abc.ABC):
     """One connection to one arm (+ gripper). Methods are called from the driver's servo thread."""
 
     name: str = "abstract"
+    # Whether the arm stands still at the last command when the servo loop stalls (a blocked call):
+    # true of an xArm in servo mode and of anything that moves on a real clock. A simulation whose
+    # physics waits for the servo loop (lockstep) is still in motion when the loop goes on.
+    stalls_stop_the_arm: bool = True
 
     @abc.abstractmethod
     def connect(self) -> RobotState:
@@ -68,6 +72,10 @@ class DriverBackend(abc.ABC):
         """Enter (True) or leave hand-guiding: while on, the arm is moved by hand and `command` is not
         called; leaving it, the arm holds where it was put. Backends that cannot refuse."""
         raise BackendError(NO_SUCH_COMMAND, f"the {self.name} backend has no teaching mode")
+
+    def set_servo_period(self, period: float) -> None:
+        """The servo loop commands every `period` s (of its trajectory clock): a backend whose time
+        waits for the loop (a lockstep simulation) advances by one period per command."""
 
     def helper_threads(self) -> list[int]:
         """Native ids of threads that `command` and `read_state` wait on (e.g. a socket's receiver):

@@ -10,10 +10,14 @@ driver follows has passed `SafetyFilter.check_trajectory`. The guarantees, per s
 - the gripper stays in [0, 0.85] and moves at most `gripper_max_velocity`;
 - no fresh trajectory for `watchdog_s`, or a latched emergency stop: decelerate and hold.
   The emergency stop latches until `reset()`; trajectories that arrive meanwhile are refused;
-- first motion: whenever the filter starts following after holding (start-up, reset, recover, a
-  new trajectory after the watchdog, leaving teaching mode), joints move at most
-  `first_motion_scale * max_velocity` until every joint is within `first_motion_tolerance` of its
-  target, so a first target far from where the arm stands is approached slowly.
+- first motion: when the filter starts following after start-up, an e-stop reset, recover,
+  leaving teaching mode, or a hold of at least HOLD_BEFORE_FIRST_MOTION_S (the watchdog holding
+  the arm while the policy was paused or stalled), toward a target farther than
+  `first_motion_tolerance` from where the arm stands, joints move at most
+  `first_motion_scale * max_velocity` until every joint is within that tolerance of its target, so
+  a first target far from the arm is approached slowly. A short hold at a chunk seam, or a first
+  target where the arm stands, is a continuation, followed at full speed: slowing it would leave
+  the arm behind a target it could never catch up with.
 
 `limits` may be replaced between ticks (a new `SafetyLimits`, whole): `step` reads it once per tick.
 """
@@ -28,6 +32,8 @@ import numpy as np
 from evo1_ros.robot import xarm6
 
 NUM_AXES = xarm6.NUM_JOINTS + 1  # 6 joints + gripper drive
+# A hold this long or longer (s) is a pause, not a chunk seam: the next motion may be a first motion.
+HOLD_BEFORE_FIRST_MOTION_S = 1.0
 
 
 class TrajectoryRejected(ValueError):
@@ -97,13 +103,15 @@ class SafetyFilter:
         self._last_trajectory_time = -math.inf
         self.stopping_reason = "no trajectory yet"  # "" while following a trajectory
         self.first_motion = False  # moving under the first-motion speed limit
+        self._first_target_due = False  # the next target followed decides whether a first motion starts
+        self._held_since = math.inf  # when the filter began holding the arm; inf while following
 
     def sync(self, positions: np.ndarray, gripper: float) -> None:
         """Start from the measured state at rest (after connect or recover): slowly, a first motion."""
         self.positions = np.asarray(positions, dtype=float).copy()
         self.velocities = np.zeros(xarm6.NUM_JOINTS)
         self.gripper = float(np.clip(gripper, xarm6.GRIPPER_OPEN, xarm6.GRIPPER_CLOSED))
-        self.first_motion = True
+        self.first_motion, self._first_target_due = False, True
 
     def come_to_rest(self) -> None:
         """The arm stood still at the last command (a tick stalled in the backend): go on from rest."""
@@ -116,6 +124,7 @@ class SafetyFilter:
         """Release the emergency stop; the arm stays still until a trajectory arrives after this."""
         self.estopped = False
         self._last_trajectory_time = -math.inf
+        self._first_target_due = True
 
     def check_trajectory(self, times: np.ndarray, points: np.ndarray, now: float):
         """Validate a trajectory (times (n,) absolute seconds, points (n, 7)) and drop its stale
@@ -154,6 +163,8 @@ class SafetyFilter:
         is no target, it is not finite, the watchdog expired or the e-stop is latched, toward rest."""
         lim = self.limits
         holding = bool(self.stopping_reason)
+        if not holding:
+            self._held_since = math.inf
         if self.estopped:
             self.stopping_reason = "emergency stop"
         elif self.watchdog_expired(now):
@@ -166,13 +177,15 @@ class SafetyFilter:
             self.stopping_reason = ""
         q, v, dt = self.positions, self.velocities, self.dt
         if self.stopping_reason:
+            self._held_since = min(self._held_since, now)
             desired_velocity = np.zeros_like(v)
             gripper_target = self.gripper
         else:
             joint_target = np.clip(target[: xarm6.NUM_JOINTS], lim.lower, lim.upper)
             error = joint_target - q
-            if holding:  # following again after holding: the first motion is a slow one
-                self.first_motion = True
+            if self._first_target_due or (holding and now - self._held_since >= HOLD_BEFORE_FIRST_MOTION_S):
+                self.first_motion = np.abs(error).max() > lim.first_motion_tolerance  # far: approached slowly
+            self._first_target_due = False
             max_velocity = lim.max_velocity * (lim.first_motion_scale if self.first_motion else 1.0)
             speed = np.minimum(max_velocity, braking_velocity(np.abs(error), lim.max_acceleration, dt))
             desired_velocity = np.sign(error) * speed

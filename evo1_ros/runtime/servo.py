@@ -21,7 +21,12 @@ two periods the filter goes on from rest: the arm stood at the last command mean
 Two clocks: the thread is paced on the monotonic clock (the control box's cadence), while `clock`
 times trajectories, the watchdog and resets. They are the same by default; a driver on sim time
 passes the simulation's clock, so trajectories play out in sim time while the sim pauses (for
-rendering, or for the policy in a lockstep eval) and the loop keeps its wall-clock cadence.
+rendering, or for the policy in a lockstep eval). On sim time (`ticks_on_clock`) the filter also
+steps once per period of that clock, not of the wall clock: a tick that finds the clock less than
+a period on runs the inbox and reads the arm but commands nothing. The filter's motion per sim
+second then does not depend on how many wall-clock ticks a loaded CPU manages, and a lockstep sim
+backend, whose physics waits for each period's command (`DriverBackend.set_servo_period`), sees
+exactly one command per period.
 
 A backend error never ends the loop: it stops the arm, keeps the error in words in `status()`,
 sends nothing until `recover()` succeeds, and keeps reporting the measured state when it can.
@@ -58,6 +63,7 @@ from evo1_ros.runtime.trajectory import TrajectoryInterpolator
 MAX_SERVO_RATE_HZ = 250.0  # the xArm control box accepts set_servo_angle_j up to 250 Hz
 SPIN_S = 0.0005  # busy-wait this long before each deadline instead of trusting sleep
 GIL_SWITCH_INTERVAL_S = 0.0005  # a woken servo thread waits about this long at most for the GIL
+CLOCK_EPS_S = 1e-6  # sim clock times built from integer nanoseconds still count as a period apart
 TIMING_WINDOW = 1000  # ticks kept for timing statistics
 
 
@@ -94,18 +100,22 @@ class ServoLoop:
     def __init__(self, backend: DriverBackend, limits: SafetyLimits = SafetyLimits(), rate_hz: float = 100.0,
                  on_state: Callable[[RobotState], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, realtime_priority: int = 50,
-                 on_death: Callable[[str], None] | None = None):
+                 on_death: Callable[[str], None] | None = None, ticks_on_clock: bool = False):
         """on_state(measured state) is called on the servo thread after every tick;
         clock: the trajectory clock (see the module's doc; the thread is always paced on
         time.monotonic); realtime_priority: SCHED_FIFO priority to ask for (0: don't);
-        on_death(reason) is called on the servo thread if it dies (the arm stopped first)."""
+        on_death(reason) is called on the servo thread if it dies (the arm stopped first);
+        ticks_on_clock: step the filter once per period of `clock` (sim time; module doc)."""
         if not 0 < rate_hz <= MAX_SERVO_RATE_HZ:
             raise ValueError(f"servo rate must be in (0, {MAX_SERVO_RATE_HZ:.0f}] Hz, got {rate_hz}")
         self.period = 1.0 / rate_hz
         self.clock = clock
+        self.ticks_on_clock = ticks_on_clock
+        self._next_step = -math.inf  # with ticks_on_clock: the clock time of the filter's next step
         self.realtime_priority = realtime_priority
         self.realtime = False
         self._backend = backend
+        backend.set_servo_period(self.period)
         self._filter = SafetyFilter(limits, self.period)
         self._trajectory = TrajectoryInterpolator()
         self._on_state = on_state
@@ -265,8 +275,8 @@ class ServoLoop:
                 self.tick()
                 done = time.monotonic()
                 self._tick_durations.append(done - woke)
-                if done - woke > 2 * self.period:  # the backend stalled: the arm stood at the last command
-                    self._filter.come_to_rest()
+                if done - woke > 2 * self.period and self._backend.stalls_stop_the_arm:
+                    self._filter.come_to_rest()  # the backend stalled: the arm stood at the last command
                 deadline += self.period
                 behind = done - deadline
                 if behind > 0:  # overran: skip the deadlines already missed, keep the phase
@@ -287,7 +297,8 @@ class ServoLoop:
             self._on_death(self._fault)
 
     def tick(self) -> None:
-        """One servo cycle: run the inbox, filter the trajectory's target, command, read."""
+        """One servo cycle: run the inbox, filter the trajectory's target, command, read. With
+        `ticks_on_clock`, no command (only the inbox and a read) until the clock is a period on."""
         while self._inbox:
             fn, done = self._inbox.popleft()
             try:
@@ -301,7 +312,10 @@ class ServoLoop:
         if not self._connected:
             return
         now = self.clock()
-        if not self._teaching:
+        steps = not self.ticks_on_clock or now >= self._next_step - CLOCK_EPS_S
+        if steps and self.ticks_on_clock:
+            self._next_step = now + self.period
+        if steps and not self._teaching:
             target = self._trajectory.sample(now) if self._active else None
             positions, gripper = self._filter.step(target, now)
             self._commanded_at = now

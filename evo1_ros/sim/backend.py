@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from evo1_ros.robot.backend import DriverBackend, RobotState, VelocityEstimate
+from evo1_ros.sim.lockstep import LockstepWorld
 from evo1_ros.sim.world import SimWorld, shared_world
 
 TICK_S = 0.005  # wall seconds between physics catch-ups
@@ -26,6 +27,14 @@ class SimBackend(DriverBackend):
         """speed: sim seconds per wall second (1 = real time)."""
         self.world = world or shared_world()
         self.speed = speed
+        # On a lockstep world (sim time) physics also waits for the servo loop: it runs at most one
+        # servo period past the last command, so every period of sim time gets exactly one command
+        # however fast the CPU is, and a stalled loop stalls physics with it (the arm goes on moving
+        # when the loop does, instead of standing at the last command).
+        self.lockstep = isinstance(self.world, LockstepWorld)
+        self.stalls_stop_the_arm = not self.lockstep
+        self._period_ns = 0  # servo period; 0 until the loop says
+        self._commanded_ns = -1  # the lockstep world's time at the last command; -1: none yet
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._gripper_velocity = VelocityEstimate(1)  # the world has joint velocities, not the drive's
@@ -45,6 +54,9 @@ class SimBackend(DriverBackend):
             owed = min(owed + (now - last) * self.speed, MAX_LAG_S)
             last = now
             steps = int(owed / dt)  # whole physics steps only, carrying the remainder: no drift
+            if self.lockstep:
+                due = self._commanded_ns + self._period_ns if self._commanded_ns >= 0 else 0
+                steps = min(steps, max(0, (due - self.world.steps_ns) // round(dt * 1e9)))
             if steps:
                 self.world.step(steps * dt)
                 owed -= steps * dt
@@ -57,6 +69,11 @@ class SimBackend(DriverBackend):
 
     def command(self, positions: np.ndarray, gripper: float) -> None:
         self.world.set_target(np.asarray(positions, dtype=float), gripper)
+        if self.lockstep:
+            self._commanded_ns = self.world.steps_ns
+
+    def set_servo_period(self, period: float) -> None:
+        self._period_ns = round(period * 1e9)
 
     def stop(self) -> None:
         """Hold where the arm is now (targets := measured state)."""
