@@ -10,6 +10,7 @@ import pytest
 mujoco = pytest.importorskip("mujoco")
 
 from evo1_ros.robot.xarm6 import GRIPPER_CLOSED, GRIPPER_OPEN  # noqa: E402
+from evo1_ros.runtime.deployment import DeploymentConfig, DeploymentError  # noqa: E402
 from evo1_ros.sim import seeds  # noqa: E402
 from evo1_ros.sim.expert import run_expert, solve_ik, top_down  # noqa: E402
 from evo1_ros.sim.metrics import rate, wilson_interval  # noqa: E402
@@ -319,12 +320,35 @@ def test_a_checkpoint_tells_its_instructions_or_is_said_not_to(tmp_path):
 
     told = tmp_path / "told"
     told.mkdir()
-    (told / "deployment.json").write_text(json.dumps({"instructions": ["put the can in the box"]}))
+    DeploymentConfig(action_rate_hz=10.0, instructions=["put the can in the box"]).save(told)
     assert instruction_warning(told, "put the can in the box") is None
     warning = instruction_warning(told, "stack one can on top of the other")
     assert "not trained on 'stack one can on top of the other'" in warning and "'put the can in the box'" in warning
 
+    # An empty list is deployment.json's "not recorded", as in the settings the runtime reads.
+    unrecorded = tmp_path / "unrecorded"
+    unrecorded.mkdir()
+    DeploymentConfig(action_rate_hz=10.0).save(unrecorded)
+    assert trained_instructions(unrecorded) is None
+    assert "does not say" in instruction_warning(unrecorded, "put the can in the box")
+
+    # Legacy checkpoints kept only run settings in config.json, never instructions.
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    (legacy / "config.json").write_text(json.dumps({"instructions": ["pour the cup into the box"]}))
-    assert trained_instructions(legacy) == ["pour the cup into the box"]
+    (legacy / "config.json").write_text(json.dumps({"model_type": "evo1", "action_rate_hz": 10.0}))
+    with pytest.warns(UserWarning, match="--migrate"):
+        assert trained_instructions(legacy) is None
+
+
+def test_unreadable_deployment_settings_are_reported_not_trusted(tmp_path):
+    """Settings the runtime would refuse are not half-read for their instructions."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "deployment.json").write_text(json.dumps({"instructions": ["put the can in the box"],
+                                                        "noise_scale": 5.0}))
+    with pytest.raises(DeploymentError, match="noise_scale"):
+        trained_instructions(broken)
+    warning = instruction_warning(broken, "put the can in the box")
+    assert "cannot be read" in warning and "noise_scale" in warning
+    (broken / "deployment.json").write_text("{not json")
+    assert "not valid JSON" in instruction_warning(broken, "put the can in the box")

@@ -13,7 +13,6 @@ objects as `mixed` does); nothing spawns under the open gripper at HOME.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import mujoco
 import numpy as np
 
 from evo1_ros.robot.xarm6 import HOME, forward_kinematics
+from evo1_ros.runtime.deployment import DeploymentError, load_deployment
 from evo1_ros.sim import expert
 from evo1_ros.sim.mjcf import (
     BOX_HEIGHT,
@@ -238,23 +238,17 @@ def select(task_names: str, scene_names: str) -> list[tuple[Task, Scene]]:
 def trained_instructions(checkpoint: str | Path) -> list[str] | None:
     """The instructions a checkpoint says it was trained on, or None where it does not say.
 
-    Read without torch from the checkpoint's deployment settings (`deployment.json`, or the
-    `instructions` key of `config.json` in checkpoints written before that file existed)."""
-    for name in ("deployment.json", "config.json"):
-        path = Path(checkpoint) / name
-        try:
-            settings = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        instructions = settings.get("instructions") if isinstance(settings, dict) else None
-        if isinstance(instructions, list) and all(isinstance(i, str) for i in instructions):
-            return instructions
-    return None
+    Read without torch from its deployment settings (`runtime.deployment.load_deployment`); a
+    `deployment.json` that cannot be read raises its DeploymentError."""
+    return load_deployment(checkpoint).instructions or None
 
 
 def instruction_warning(checkpoint: str | Path, instruction: str) -> str | None:
     """A sentence when `checkpoint` was not trained on `instruction` (or does not say), else None."""
-    known = trained_instructions(checkpoint)
+    try:
+        known = trained_instructions(checkpoint)
+    except DeploymentError as e:
+        return f"the instructions checkpoint {checkpoint} was trained on cannot be read: {e}"
     if known is None:
         return (f"checkpoint {checkpoint} does not say which instructions it was trained on; "
                 f"{instruction!r} may be new to it")
