@@ -88,7 +88,7 @@ def test_gripper_and_scale_keys():
 
 def test_episode_keys_and_no_motion_for_them():
     assert {k: c.arg for k, c in KEYMAP.items() if c.kind == "episode"} == {
-        "b": "start", "s": "stop_success", "f": "stop_fail", "d": "discard"}
+        "b": "start", "x": "stop", "s": "success", "f": "failure", "d": "discard"}
     with pytest.raises(ValueError):
         jog(Command("episode", "start"), HOME, 0.0, STEPS)
 
@@ -126,9 +126,9 @@ def test_keyboard_source_jogs_from_the_measured_pose_and_holds_its_target():
 
 
 def test_teaching_source_follows_the_hand_and_the_gripper_keys():
-    from evo1_ros.teleop.sources import SOURCES, ArmTarget
+    from evo1_ros.teleop.sources import ArmTarget, SourceSettings, make_source
 
-    source = SOURCES["teaching"]()
+    source = make_source("teaching", SourceSettings(period=0.02))
     assert source.hand_guided
     guided = ArmTarget(WORK.copy(), 0.3)
     assert source.next_target(guided) is guided

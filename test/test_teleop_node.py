@@ -102,7 +102,7 @@ def test_sim_expert_records_another_task_in_a_scene_of_a_mix(tmp_path, small_wor
     pour = TASKS["pour_cup"]
     graph, context = sim_graph(tmp_path, small_world, 1, pour.instruction, task="pour_cup", scene="mix")
     try:
-        assert graph.teleop.done.wait(300), "the expert did not finish its episode"
+        assert graph.expert.done.wait(300), "the expert did not finish its episode"
     finally:
         close(graph, context)
     (episode,) = sorted((tmp_path / "bags").iterdir())
@@ -170,7 +170,8 @@ def test_unknown_source_is_refused_naming_the_known_ones():
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
-        with pytest.raises(ValueError, match=r"\['keyboard', 'teaching'\], not 'sim_expert'"):
+        with pytest.raises(ValueError, match=r"\['keyboard', 'teaching', 'leader', 'spacemouse', 'joy', 'twist'\], "
+                                             r"not 'sim_expert'"):
             TeleopNode(**override(context, source="sim_expert"))
     finally:
         rclpy.try_shutdown(context=context)
@@ -225,7 +226,10 @@ def test_keyboard_jogs_the_driver_and_runs_recorder_episodes(tmp_path):
                     and state.position[6] > 0.8)
 
         wait_for(arrived, what="the fake arm to reach the jogged target")
+        recorder = graph.nodes[1]
+        wait_for(lambda: recorder.writer is not None, what="the episode to start")
         teleop.handle_key("s")
+        wait_for(lambda: recorder.writer is None, what="the episode to be saved")
     finally:
         graph.close()
     (episode,) = sorted(tmp_path.iterdir())
@@ -258,6 +262,7 @@ def test_teaching_asks_the_driver_and_streams_the_guided_pose(xarm_emulator):
         commands = graph.latest(JointTrajectory, topics.TRAJECTORY)
         states = graph.latest(JointState, topics.JOINT_STATES)
         wait_for(lambda: emulator.status()["mode"] == 2, what="the arm in teaching mode")
+        held = emulator.status()["servo_targets"]  # the active driver held the arm until then
         guided = [0.3, -0.2, -0.9, 0.1, 1.0, -0.4]
         emulator.guide(guided)  # the operator moves the arm
         wait_for(lambda: states and np.allclose(states[-1].position[:6], guided, atol=1e-6),
@@ -267,7 +272,7 @@ def test_teaching_asks_the_driver_and_streams_the_guided_pose(xarm_emulator):
         wait_for(lambda: commands and np.allclose(commands[-1].points[0].positions, guided + [xarm6.GRIPPER_CLOSED],
                                                   atol=1e-6),
                  what="the guided pose and closed gripper as the commanded trajectory")
-        assert emulator.status()["servo_targets"] == 0  # nothing was sent to move the arm
+        assert emulator.status()["servo_targets"] == held  # nothing was sent to move the arm while teaching
         teleop.close_source()
         wait_for(lambda: emulator.status()["mode"] == 1, what="the arm back in servo mode")
     finally:
