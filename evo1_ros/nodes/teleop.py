@@ -18,8 +18,9 @@ device (the deadman held, the puck deflected; a leader or keyboard needs a pedal
 Joy map). The node then pauses the policy (`<policy>/pause`) and, once it is paused, streams the
 operator's targets from where the arm is; `release_s` after the device is released it stops and
 resumes the policy (`<policy>/resume`: its next chunk waits for fresh observations). It publishes
-on `intervention_topic` (std_msgs/Bool), every period, whether the operator has the arm: the
-recorder records it and `convert` turns it into a per-frame intervention flag.
+on `intervention_topic` (std_msgs/Bool), every period, whether the operator has the arm (the
+operator's first target one period after the first true): the recorder records it and `convert`
+turns it into a per-frame intervention flag.
 
 Device failures (unplugged, a Dynamixel read error, a silent topic): the node sends no further
 target, not a stale one, not a zero one (the driver's watchdog then brings the arm to rest and
@@ -145,6 +146,7 @@ class TeleopNode(Node):
         self._fresh_start = False  # the operator took over: the source starts over from the measured pose
         self._last_engaged = -float("inf")
         self._await_release = False  # a pause failed: wait until the device is released before trying again
+        self._announced = False  # the last intervention flag published
 
         self.operator = Operator(self, p, p["source"], closing=self.done.is_set)
         self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_state, 10)
@@ -326,11 +328,14 @@ class TeleopNode(Node):
                     self.get_logger().info("device ready")
                 if self.policy:
                     self._hand_over(engaged, now)
-                if self.control == "operator" and target is not None:
+                # With a policy, the operator's targets go out only once an earlier period told the
+                # recorder the operator has the arm: every one of them comes after its flag.
+                if self.control == "operator" and target is not None and (self._announced or not self.policy):
                     self.target = target
                     self.operator.stream(np.append(target.joints, target.gripper)[None], [self.period])
         if self.policy:
-            self._intervention_pub.publish(Bool(data=self.control == "operator" and self.failure is None))
+            self._announced = self.control == "operator" and self.failure is None
+            self._intervention_pub.publish(Bool(data=self._announced))
 
     def _engaged(self) -> bool:
         """Whether the operator drives: the pedal's deadman beside a source without one, else the
@@ -381,8 +386,8 @@ class TeleopNode(Node):
             self._complain("device", f"waiting for the device: {reason}"
                            + ("; the operator cannot take over until it works" if self.policy else ""))
             return
-        self.get_logger().error(f"device failed: {reason}. No more targets: the driver's watchdog holds the arm. "
-                                "Retrying the device every second.")
+        self.get_logger().error(f"device failed: {reason} -- no more targets: the driver's watchdog holds the arm; "
+                                "trying the device again every second")
         if self.policy:
             with self._control_lock:
                 pause = self.control in ("policy", "resuming")
