@@ -188,6 +188,45 @@ def test_discard_removes_the_episode(tmp_path):
     assert bag.read_meta(episode)["success"] is False and bag.is_complete(episode)
 
 
+def test_episode_metadata_outcomes_interruptions_and_the_running_count(tmp_path):
+    params = [Parameter("output_dir", value=str(tmp_path)), Parameter("cameras", value=["base", "wrist"]),
+              Parameter("camera_serials", value="base:_123456789012,wrist:234567890123")]
+    h = Harness(lambda ctx: [RecorderNode(context=ctx, parameter_overrides=params)])
+    try:
+        recorder = h.nodes[0]
+        (refused,) = recorder.set_parameters([Parameter("camera_serials", value="side:1")])
+        assert not refused.successful and "name:serial with a name of ['base', 'wrist']" in refused.reason
+        recorder.set_parameters([Parameter("task", value="pick_place_can"), Parameter("operator", value="ada"),
+                                 Parameter("teleop_source", value="spacemouse"), Parameter("scene", value="wide"),
+                                 Parameter("seed", value=1234)])
+        assert h.call("/recorder/start").success
+        assert "this session: 1 kept (1 success, 0 failure" in h.call("/recorder/success").message
+        for seed, event in ((-1, "failure"), (-1, "stop")):
+            recorder.set_parameters([Parameter("seed", value=seed), Parameter("scene", value="")])
+            assert h.call("/recorder/start").success
+            assert h.call(f"/recorder/{event}").success
+        assert h.call("/recorder/start").success
+        recorder.set_parameters([Parameter("interruption", value="teleop device failed: SpaceMouse unplugged")])
+        stopped = h.call("/recorder/stop")
+        assert stopped.message.startswith("saved (interrupted: teleop device failed: SpaceMouse unplugged)")
+        assert recorder.get_parameter("interruption").value == ""  # the next episode starts clean
+        assert h.call("/recorder/start").success
+        discarded = h.call("/recorder/discard").message
+        assert discarded.endswith("this session: 4 kept (1 success, 1 failure, 1 unmarked, 1 interrupted), "
+                                  "1 discarded")
+        assert not h.call("/recorder/stop").success  # nothing recording
+    finally:
+        h.close()
+    metas = [bag.read_meta(e) for e in sorted(tmp_path.iterdir())]
+    assert [m["success"] for m in metas] == [True, False, None, None]
+    assert [m["interrupted"] for m in metas] == [None, None, None, "teleop device failed: SpaceMouse unplugged"]
+    first = metas[0]
+    assert (first["task"], first["operator"], first["teleop_source"]) == ("pick_place_can", "ada", "spacemouse")
+    assert (first["scene"], first["seed"], metas[1]["scene"], metas[1]["seed"]) == ("wide", 1234, None, None)
+    assert first["camera_serials"] == {"base": "123456789012", "wrist": "234567890123"}
+    assert first["robot"] == "xarm6" and first["topics"]["intervention"] == topics.INTERVENTION
+
+
 def test_parameters_are_applied_from_the_next_episode_or_refused(tmp_path):
     recorder = None
 
