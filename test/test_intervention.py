@@ -1,10 +1,13 @@
 """An operator takes the arm over from a running policy, over real rclpy/DDS: the inference node
 (its chunk scheduler, ~/pause and ~/resume; a policy that holds one pose), the driver, the recorder
 and the teleop node with a Twist device. The recorded episode converts with the intervention flag
-on exactly the steps whose action is the operator's."""
+on exactly the steps whose action is the operator's, and reads back with it through LeRobot."""
 
+import os
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +18,11 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from evo1_ros import cli  # noqa: E402
 from evo1_ros.data import bag  # noqa: E402
 from evo1_ros.nodes.messages import array_to_image  # noqa: E402
 from evo1_ros.robot import topics, xarm6  # noqa: E402
+from test_data_convert import LEROBOT_PYTHON, READ_BACK  # noqa: E402
 from test_teleop_node import Graph, override, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -34,6 +39,7 @@ class HoldPolicy:
         return np.tile(HELD, (self.chunk_length, 1))
 
 
+@pytest.mark.slow  # ~10 s to record, ~15 s for LeRobot's writer and reader
 def test_operator_takes_over_from_the_policy_and_the_episode_converts_with_the_flag(tmp_path):
     from evo1_ros.data.convert import convert
     from evo1_ros.nodes.driver import start_driver
@@ -110,3 +116,14 @@ def test_operator_takes_over_from_the_policy_and_the_episode_converts_with_the_f
     # the operator pushed along +x: its targets moved the TCP forward
     tcp = [xarm6.forward_kinematics(q[:6]).tcp[0, 3] for q in data["action"][flagged]]
     assert tcp[-1] - xarm6.forward_kinematics(HELD[:6]).tcp[0, 3] > 0.08
+
+    if not Path(LEROBOT_PYTHON).is_file():  # CI has it (scripts/setup_lerobot.sh)
+        pytest.skip("no LeRobot venv: the LeRobot read-back of this episode needs scripts/setup_lerobot.sh")
+    lerobot = tmp_path / "lerobot"
+    assert cli.main(["convert", str(episode), "--out", str(lerobot), "--format", "lerobot", "--rate", "10",
+                     "--image-size", "8", "--repo-id", "local/lr", "--lerobot-python", LEROBOT_PYTHON]) == 0
+    subprocess.run([LEROBOT_PYTHON, "-c", READ_BACK, str(lerobot), str(tmp_path / "back.npz")], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    back = np.load(tmp_path / "back.npz")
+    assert back["intervention"].tolist() == data["intervention"].tolist()
+    np.testing.assert_array_equal(back["action"], data["action"])

@@ -146,13 +146,23 @@ def test_dynamixel_leader_drives_the_sim_arm_and_an_unplugged_adapter_holds_it(r
         # the slow start: no target stepped more than start_step (0.005 rad) while catching up
         first = np.array([c.points[0].positions[:6] for c in arm.commands[:40]])
         assert np.abs(np.diff(first, axis=0)).max() <= 0.005 + 1e-9
+        servos.silent = {4}  # a read error: servo 4 stops answering
+        arm.assert_holds_after_failure("servo 4: There is no status packet!")
+        servos.silent = set()  # it answers again: the arm follows the leader again, from where it stands
+        wait_for(lambda: arm.teleop.failure is None, what="the leader back")
+        arm.teleop.episode("start")
+        servos.set_positions({1: int(raw_home[0] + turned[0]) + 100})
+        wait_for(lambda: abs(arm.joints()[0] - POSE[0] - 100 * RADIANS_PER_TICK) < 0.01, what="joint1 following")
         servos.unplug()
         arm.assert_holds_after_failure(f"leader on {servos.port}")
-    (episode,) = arm.episodes()
+    first, episode = arm.episodes()
+    assert first["interrupted"].startswith(f"teleop device failed: leader on {servos.port}: sync read failed")
+    assert "servo 4: There is no status packet!" in first["interrupted"]
     # the read fails, or stalls past device_timeout_ms first: either way the leader and its port are named
     assert episode["interrupted"].startswith(f"teleop device failed: leader on {servos.port}: ")
     assert episode["success"] is None and episode["teleop_source"] == "leader"
-    assert episode["message_counts"][topics.TRAJECTORY] > 50  # what was recorded is kept
+    assert first["message_counts"][topics.TRAJECTORY] > 50  # what was recorded is kept
+    assert episode["message_counts"][topics.TRAJECTORY] > 10
 
 
 def test_joint_state_leader_drives_the_sim_arm_and_its_silence_holds_it(rig):
