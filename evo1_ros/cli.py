@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS = {
     "info": ("evo1_ros.model.info", "print a preset's or checkpoint's structure and parameter count"),
+    "episodes": ("evo1_ros.data.episodes", "list recorded episode bags: outcome, length, task, operator"),
     "convert": ("evo1_ros.data.convert", "turn recorded episode bags into a training dataset"),
     "init": ("evo1_ros.model.init_cmd", "write a fresh checkpoint (random head, optional InternVL3-1B-hf backbone)"),
     "import": ("evo1_ros.runtime.import_cmd", "convert a reference or LeRobot Evo-1 checkpoint to ours"),

@@ -155,3 +155,33 @@ def test_decode_rejects_truncated_data():
     raw = RAW[3]
     with pytest.raises(bag.BagError, match="cannot deserialize"):
         bag.decode(bag.JOINT_STATE_TYPE, raw[:30])
+
+
+def test_episodes_command_lists_outcomes_and_recovers_unfinished_bags(tmp_path, capsys):
+    from evo1_ros import cli
+
+    def episode(name, success=None, interrupted=None, close=True):
+        writer = bag.EpisodeWriter(tmp_path / name, {"/joint_states": bag.JOINT_STATE_TYPE},
+                               {"instruction": "stack the cubes", "task": "stack_cans", "operator": "ada",
+                                "teleop_source": "leader"})
+        writer.write("/joint_states", 1, RAW[0])
+        writer.flush()
+        if close:
+            writer.close(success, interrupted=interrupted)
+
+    episode("a", success=True)
+    episode("b", success=False)
+    episode("c")
+    episode("d", interrupted="teleop device failed: leader on /dev/ttyUSB0: bus failed")
+    episode("e", close=False)  # the recorder was killed
+    assert cli.main(["episodes", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("a  success  ") and "stack_cans  ada  leader  'stack the cubes'" in lines[0]
+    assert [line.split("  ")[1] for line in lines[1:5]] == [
+        "failure", "unmarked", "interrupted (teleop device failed: leader on /dev/ttyUSB0: bus failed)", "unfinished"]
+    assert lines[5].startswith("5 episodes: 1 success, 1 failure, 1 unmarked, 1 interrupted, 1 unfinished")
+    assert cli.main(["episodes", str(tmp_path / "e"), "--recover"]) == 0
+    out = capsys.readouterr().out
+    assert "e: recovered 1 messages" in out and "e  unmarked  " in out and bag.is_complete(tmp_path / "e")
+    assert cli.main(["episodes", str(tmp_path / "missing")]) == 1
+    assert "missing: not a directory" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from evo1_ros.robot.xarm6 import JOINT_STATE_NAMES as NAMES
 
 rclpy_serialization = pytest.importorskip("rclpy.serialization")
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
+from std_msgs.msg import Bool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 pytestmark = pytest.mark.ros  # messages are serialized with rclpy, as the recorder gets them
@@ -24,7 +25,7 @@ MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000  # header stamps in wall-clock range
 CAMERAS = {"base": topics.camera_topic("base"), "wrist": topics.camera_topic("wrist")}
 LAYOUT = {"cameras": CAMERAS, "joint_states": topics.JOINT_STATES,
-          "command": topics.TRAJECTORY}
+          "command": topics.TRAJECTORY, "intervention": topics.INTERVENTION}
 
 
 def stamp(msg, ns):
@@ -76,10 +77,19 @@ def synthetic_messages(seconds=1.0, camera_gap=None):
     return sorted(out, key=lambda m: m[1])
 
 
+def with_intervention(messages, operator_commands):
+    """`messages` plus the teleop node's intervention flag, sent 1 ms before each command (true
+    before the commands whose index is in `operator_commands`: those the operator sent)."""
+    commands = [ns for topic, ns, _ in messages if topic == topics.TRAJECTORY]
+    flags = [(topics.INTERVENTION, ns - MS, Bool(data=i in operator_commands)) for i, ns in enumerate(commands)]
+    return sorted(messages + flags, key=lambda m: m[1])
+
+
 def write_bag(path, messages, meta=None, types=None):
     types = types or {**{t: bag.IMAGE_TYPE for t in CAMERAS.values()},
                       topics.JOINT_STATES: bag.JOINT_STATE_TYPE,
-                      topics.TRAJECTORY: bag.TRAJECTORY_TYPE}
+                      topics.TRAJECTORY: bag.TRAJECTORY_TYPE,
+                      topics.INTERVENTION: bag.BOOL_TYPE}
     meta = {"instruction": "stack the cubes", "cameras": list(CAMERAS), "topics": LAYOUT,
             **(meta or {})}
     writer = bag.EpisodeWriter(path, types, meta)
@@ -113,6 +123,37 @@ def test_convert_samples_on_the_grid(tmp_path):
     np.testing.assert_allclose(stats["action"]["max"], data["action"].max(0), atol=1e-6)
     np.testing.assert_allclose(stats["state"]["std"], data["state"].std(0), atol=1e-6)
     assert stats["count"] == 10
+
+
+def test_intervention_flag_is_on_exactly_the_operators_steps(tmp_path):
+    # Commands 30..59 (0.3 .. 0.59 s) were the operator's. Step k's action is command 10 k (3 ms
+    # after the step): steps 3, 4 and 5 carry the operator's actions, and only those are flagged.
+    b = write_bag(tmp_path / "ep", with_intervention(synthetic_messages(1.0), range(30, 60)))
+    meta = convert([b], tmp_path / "ds", rate=10, image_size=8)
+    data = np.load(tmp_path / "ds" / meta["episodes"][0]["file"])
+    assert data["intervention"].tolist() == [k in (3, 4, 5) for k in range(10)]
+    assert meta["episodes"][0]["intervention_steps"] == 3
+    # observed actions are the next step's state: the flag in force at each step, shifted by one
+    meta = convert([b], tmp_path / "observed", rate=10, image_size=8, action_source="observed")
+    flags = np.load(tmp_path / "observed" / meta["episodes"][0]["file"])["intervention"]
+    assert flags.tolist() == [k in (4, 5, 6) for k in range(9)]
+    # a bag without the topic (no policy in the loop, or recorded before interventions): all false
+    plain = convert([write_bag(tmp_path / "plain", synthetic_messages(1.0))], tmp_path / "plain_ds",
+                    rate=10, image_size=8)
+    assert not np.load(tmp_path / "plain_ds" / plain["episodes"][0]["file"])["intervention"].any()
+
+
+def test_interrupted_episodes_are_skipped_unless_kept(tmp_path, capsys):
+    good = write_bag(tmp_path / "good", synthetic_messages(0.5))
+    cut = write_bag(tmp_path / "cut", synthetic_messages(0.5), meta={"instruction": "other"})
+    meta_file = cut / "episode.json"
+    why = "teleop device failed: Joy topic: no input for 512 ms"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "interrupted": why}))
+    assert cli.main(["convert", str(good), str(cut), "--out", str(tmp_path / "a"), "--image-size", "8"]) == 0
+    assert "skipped (interrupted: teleop device failed: Joy topic" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "a" / "meta.json").read_text())["episodes"]) == 1
+    kept = convert([good, cut], tmp_path / "b", rate=10, image_size=8, keep_interrupted=True)
+    assert [e["interrupted"] for e in kept["episodes"]] == [None, why]
 
 
 def test_compressed_camera_topics_convert(tmp_path):
@@ -266,6 +307,7 @@ np.savez(sys.argv[2], frames=len(ds), episodes=ds.num_episodes, fps=ds.fps,
          action=np.stack([x["action"].numpy() for x in items]),
          episode=np.array([int(x["episode_index"]) for x in items]),
          task=np.array([x["task"] for x in items]),
+         intervention=np.array([bool(x["intervention"]) for x in items]),
          **{cam: np.stack([(x[f"observation.images.{cam}"].numpy() * 255).round().astype(np.uint8)
                            for x in items]) for cam in ("base", "wrist")})
 """
@@ -275,7 +317,7 @@ np.savez(sys.argv[2], frames=len(ds), episodes=ds.num_episodes, fps=ds.fps,
 def test_lerobot_export_reads_back_with_lerobot_dataset(tmp_path):
     from evo1_ros.data.dataset import Evo1Dataset
 
-    bags = [write_bag(tmp_path / "a", synthetic_messages(1.0)),
+    bags = [write_bag(tmp_path / "a", with_intervention(synthetic_messages(1.0), range(30, 60))),
             write_bag(tmp_path / "b", synthetic_messages(0.5), meta={"instruction": "other"})]
     out = tmp_path / "lr"
     argv = ["convert", *map(str, bags), "--out", str(out), "--format", "lerobot", "--rate", "10",
@@ -295,6 +337,7 @@ def test_lerobot_export_reads_back_with_lerobot_dataset(tmp_path):
     np.testing.assert_array_equal(back["action"], np.stack([x["action"][0].numpy() for x in items]))
     assert back["episode"].tolist() == [x["episode_index"] for x in items]
     assert back["task"].tolist() == [x["instruction"] for x in items]
+    assert back["intervention"].tolist() == [k in (3, 4, 5) for k in range(10)] + [False] * 5
     for cam in ("base", "wrist"):  # PNG frames: bit-exact
         np.testing.assert_array_equal(back[cam], np.stack([x["images"][cam].numpy() for x in items]))
 

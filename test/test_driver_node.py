@@ -441,8 +441,20 @@ def test_sdk_faults_in_words_on_diagnostics_and_in_the_log(rig_factory, xarm_emu
     assert np.allclose(emulator.status()["joints"], xarm6.HOME - 0.1, atol=0.01)
 
 
+class GripperRecordingBackend(RecordingFakeBackend):
+    """... and of the gripper-only commands teaching mode sends."""
+
+    def __init__(self):
+        super().__init__()
+        self.gripper_commands = []
+
+    def command_gripper(self, gripper):
+        self.gripper_commands.append(gripper)
+        super().command_gripper(gripper)
+
+
 def test_teaching_service(rig_factory):
-    backend = RecordingFakeBackend()
+    backend = GripperRecordingBackend()
     rig = rig_factory("teaching", backend)
     keep_publishing(rig, np.append(xarm6.HOME + 0.1, 0.0), 0.5)
     response = rig.call("set_teaching", SetBool.Request(data=True))
@@ -450,12 +462,43 @@ def test_teaching_service(rig_factory):
     sent = len(backend.commands)
     guided = xarm6.HOME + np.array([0.4, -0.3, 0.2, 0.5, -0.2, 0.3])
     backend.guide(guided)
-    keep_publishing(rig, np.append(xarm6.HOME, 0.0), 0.3)  # refused: the arm is moved by hand
-    assert "teaching mode" in rig.driver.loop.status().rejected and len(backend.commands) == sent
+    keep_publishing(rig, np.append(xarm6.HOME, xarm6.GRIPPER_CLOSED), 1.0)  # joints ignored: moved by hand
+    assert len(backend.commands) == sent and rig.driver.loop.status().rejected == ""
     assert np.allclose(rig.joint_states[-1].position[:6], guided)  # the guided pose is published
+    # the gripper followed, through the filter: at most gripper_max_velocity (1.7 /s) per servo tick
+    steps = np.diff([0.0, *backend.gripper_commands])
+    assert backend.gripper_commands[-1] == pytest.approx(xarm6.GRIPPER_CLOSED, abs=0.01)  # windows 0.2 s ahead
+    assert steps.max() <= 1.7 / 100 + 1e-9 and steps.min() >= 0
+    assert rig.joint_states[-1].position[6] == pytest.approx(xarm6.GRIPPER_CLOSED, abs=0.02)  # measured
+    time.sleep(0.3)  # the watchdog: no trajectory, no gripper command
+    idle = len(backend.gripper_commands)
+    time.sleep(0.2)
+    assert len(backend.gripper_commands) == idle
     assert rig.call("set_teaching", SetBool.Request(data=False)).success
     time.sleep(0.2)
     assert np.allclose(np.array([c for _, c in backend.commands[sent:]])[:, :6], guided)  # holds there
+    assert np.allclose(np.array([c for _, c in backend.commands[sent:]])[:, 6], xarm6.GRIPPER_CLOSED, atol=0.01)
+
+
+def test_teaching_mode_moves_the_xarm_gripper_and_no_joint_on_the_emulator(rig_factory, xarm_emulator):
+    """The operator hand-guides the xArm (mode 2) and closes the gripper: the driver sends the
+    gripper targets over the SDK's gripper path and not a single joint target."""
+    emulator = xarm_emulator()
+    rig = rig_factory("teachgrip", None, backend="xarm_sdk", robot_ip=emulator.config.ip)
+    assert rig.call("set_teaching", SetBool.Request(data=True)).success
+    assert emulator.status()["mode"] == 2
+    guided = [0.3, -0.2, -0.9, 0.1, 1.0, -0.4]
+    emulator.guide(guided)
+    targets = emulator.status()["servo_targets"]
+    for drive in (xarm6.GRIPPER_CLOSED, xarm6.GRIPPER_OPEN):
+        # joint columns ignored; publish until the gripper gets there (a loaded machine may take a while)
+        end = time.monotonic() + 6.0
+        while abs(emulator.status()["gripper"] - xarm6.gripper_to_sdk(drive)) > 10 and time.monotonic() < end:
+            keep_publishing(rig, np.append(xarm6.HOME, drive), 0.1)
+        status = emulator.status()
+        assert status["gripper"] == pytest.approx(xarm6.gripper_to_sdk(drive), abs=10)
+        assert status["servo_targets"] == targets and status["mode"] == 2
+        assert np.allclose(status["joints"], guided, atol=1e-6)
 
 
 def test_teaching_refused_by_a_backend_without_it(rig_factory):

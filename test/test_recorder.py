@@ -14,7 +14,7 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
@@ -26,7 +26,7 @@ from test_data_convert import CAMERAS, synthetic_messages, write_bag  # noqa: E4
 
 pytestmark = pytest.mark.ros
 TYPES = {bag.IMAGE_TYPE: Image, bag.COMPRESSED_IMAGE_TYPE: CompressedImage, bag.JOINT_STATE_TYPE: JointState,
-         bag.TRAJECTORY_TYPE: JointTrajectory, bag.STRING_TYPE: String}
+         bag.TRAJECTORY_TYPE: JointTrajectory, bag.STRING_TYPE: String, bag.BOOL_TYPE: Bool}
 
 
 class Harness:
@@ -89,7 +89,7 @@ def test_record_then_convert_matches_the_published_episode(tmp_path):
     try:
         recorder = h.nodes[0]
         pubs = h.publishers(recorder.topics)
-        assert not h.call("/recorder/stop_success").success  # nothing recording yet
+        assert not h.call("/recorder/success").success  # nothing recording yet
         started = h.call("/recorder/start")
         assert started.success, started.message
         assert not h.call("/recorder/start").success  # one episode at a time
@@ -97,7 +97,7 @@ def test_record_then_convert_matches_the_published_episode(tmp_path):
         publish_in_real_time(pubs, messages)
         pubs[topics.INSTRUCTION].publish(String(data="stack the cubes"))
         time.sleep(0.5)  # let the last messages arrive
-        stopped = h.call("/recorder/stop_success")
+        stopped = h.call("/recorder/success")
         assert stopped.success, stopped.message
     finally:
         h.close()
@@ -152,7 +152,7 @@ def test_compressed_camera_topics_are_recorded_and_convert(tmp_path):
         assert h.call("/recorder/start").success
         publish_in_real_time(pubs, compressed)
         time.sleep(0.5)
-        assert h.call("/recorder/stop_success").success
+        assert h.call("/recorder/success").success
     finally:
         h.close()
     (episode,) = (tmp_path / "episodes").iterdir()
@@ -181,11 +181,50 @@ def test_discard_removes_the_episode(tmp_path):
         assert h.call("/recorder/discard").success
         assert list(tmp_path.iterdir()) == []
         assert h.call("/recorder/start").success
-        assert h.call("/recorder/stop_fail").success
+        assert h.call("/recorder/failure").success
     finally:
         h.close()
     (episode,) = tmp_path.iterdir()
     assert bag.read_meta(episode)["success"] is False and bag.is_complete(episode)
+
+
+def test_episode_metadata_outcomes_interruptions_and_the_running_count(tmp_path):
+    params = [Parameter("output_dir", value=str(tmp_path)), Parameter("cameras", value=["base", "wrist"]),
+              Parameter("camera_serials", value="base:_123456789012,wrist:234567890123")]
+    h = Harness(lambda ctx: [RecorderNode(context=ctx, parameter_overrides=params)])
+    try:
+        recorder = h.nodes[0]
+        (refused,) = recorder.set_parameters([Parameter("camera_serials", value="side:1")])
+        assert not refused.successful and "name:serial with a name of ['base', 'wrist']" in refused.reason
+        recorder.set_parameters([Parameter("task", value="pick_place_can"), Parameter("operator", value="ada"),
+                                 Parameter("teleop_source", value="spacemouse"), Parameter("scene", value="wide"),
+                                 Parameter("seed", value=1234)])
+        assert h.call("/recorder/start").success
+        assert "this session: 1 kept (1 success, 0 failure" in h.call("/recorder/success").message
+        for seed, event in ((-1, "failure"), (-1, "stop")):
+            recorder.set_parameters([Parameter("seed", value=seed), Parameter("scene", value="")])
+            assert h.call("/recorder/start").success
+            assert h.call(f"/recorder/{event}").success
+        assert h.call("/recorder/start").success
+        recorder.set_parameters([Parameter("interruption", value="teleop device failed: SpaceMouse unplugged")])
+        stopped = h.call("/recorder/stop")
+        assert stopped.message.startswith("saved (interrupted: teleop device failed: SpaceMouse unplugged)")
+        assert recorder.get_parameter("interruption").value == ""  # the next episode starts clean
+        assert h.call("/recorder/start").success
+        discarded = h.call("/recorder/discard").message
+        assert discarded.endswith("this session: 4 kept (1 success, 1 failure, 1 unmarked, 1 interrupted), "
+                                  "1 discarded")
+        assert not h.call("/recorder/stop").success  # nothing recording
+    finally:
+        h.close()
+    metas = [bag.read_meta(e) for e in sorted(tmp_path.iterdir())]
+    assert [m["success"] for m in metas] == [True, False, None, None]
+    assert [m["interrupted"] for m in metas] == [None, None, None, "teleop device failed: SpaceMouse unplugged"]
+    first = metas[0]
+    assert (first["task"], first["operator"], first["teleop_source"]) == ("pick_place_can", "ada", "spacemouse")
+    assert (first["scene"], first["seed"], metas[1]["scene"], metas[1]["seed"]) == ("wide", 1234, None, None)
+    assert first["camera_serials"] == {"base": "123456789012", "wrist": "234567890123"}
+    assert first["robot"] == "xarm6" and first["topics"]["intervention"] == topics.INTERVENTION
 
 
 def test_parameters_are_applied_from_the_next_episode_or_refused(tmp_path):
@@ -204,7 +243,7 @@ def test_parameters_are_applied_from_the_next_episode_or_refused(tmp_path):
         assert all(r.successful for r in recorder.set_parameters([Parameter("storage", value="sqlite3"),
                                                                   Parameter("output_dir", value=str(tmp_path / "b"))]))
         assert h.call("/recorder/start").success
-        assert h.call("/recorder/stop_success").success
+        assert h.call("/recorder/success").success
     finally:
         h.close()
     (episode,) = (tmp_path / "b").iterdir()

@@ -381,12 +381,10 @@ def test_inactive_loop_refuses_trajectories_and_holds():
     assert np.abs(backend.commands[-1] - backend.commands[-10]).max() > 0
 
 
-def test_teaching_sends_nothing_and_holds_where_the_arm_was_put():
+def test_teaching_commands_no_joint_and_holds_where_the_arm_was_put():
     loop, backend, clock = make_loop()
     loop.set_teaching(True)
     sent = len(backend.commands)
-    with pytest.raises(TrajectoryRejected, match="teaching mode"):
-        loop.submit([clock.now + 0.2], [np.append(xarm6.HOME + 0.3, 0.0)])
     guided = xarm6.HOME + np.array([0.4, -0.2, 0.1, 0.3, -0.1, 0.2])
     backend.guide(guided)
     run(loop, clock, 0.2)
@@ -394,6 +392,39 @@ def test_teaching_sends_nothing_and_holds_where_the_arm_was_put():
     loop.set_teaching(False)
     run(loop, clock, 0.2)
     assert np.allclose(np.array(backend.commands[sent:])[:, :6], guided)  # holds there, no jump back
+
+
+def test_teaching_follows_only_the_gripper_through_the_filter():
+    """While the arm is hand-guided a trajectory moves the gripper alone: within its range, at most
+    gripper_max_velocity, stopped by the watchdog and the e-stop like any command."""
+    limits = SafetyLimits()
+    loop, backend, clock = make_loop(limits)
+    grips = []
+    backend.command_gripper = lambda g: (grips.append(g), FakeBackend.command_gripper(backend, g))
+    loop.set_teaching(True)
+    sent = len(backend.commands)
+    backend.guide(xarm6.HOME + 0.2)
+    loop.submit([clock.now + 0.5, clock.now + 1.0], [np.append(xarm6.HOME + 0.3, 0.6), np.append(xarm6.HOME, 2.0)])
+    for _ in range(25):
+        run(loop, clock, 0.04)
+        loop.submit([clock.now + 0.01], [np.append(xarm6.HOME, 2.0)])  # keeps the watchdog fed
+    assert len(backend.commands) == sent  # not one joint command
+    assert np.allclose(loop.status().state.positions, xarm6.HOME + 0.2)  # where the hand put it
+    assert max(np.diff([0.0, *grips])) <= limits.gripper_max_velocity * loop.period + 1e-12
+    assert grips[-1] == pytest.approx(xarm6.GRIPPER_CLOSED)  # 2.0 asked for: clipped to the range
+    run(loop, clock, limits.watchdog_s + 0.02)  # no fresh trajectory: the watchdog stops the gripper commands
+    count = len(grips)
+    run(loop, clock, 0.3)
+    assert len(grips) == count
+    loop.submit([clock.now + 0.2], [np.append(xarm6.HOME, 0.0)])
+    run(loop, clock, 0.05)
+    assert len(grips) > count
+    count = len(grips)
+    loop.emergency_stop()
+    with pytest.raises(TrajectoryRejected, match="emergency stop"):
+        loop.submit([clock.now + 0.2], [np.append(xarm6.HOME, 0.0)])
+    run(loop, clock, 0.2)
+    assert len(grips) == count
 
 
 def test_a_backend_without_teaching_mode_refuses_it():

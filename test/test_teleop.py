@@ -88,7 +88,7 @@ def test_gripper_and_scale_keys():
 
 def test_episode_keys_and_no_motion_for_them():
     assert {k: c.arg for k, c in KEYMAP.items() if c.kind == "episode"} == {
-        "b": "start", "s": "stop_success", "f": "stop_fail", "d": "discard"}
+        "b": "start", "x": "stop", "s": "success", "f": "failure", "d": "discard"}
     with pytest.raises(ValueError):
         jog(Command("episode", "start"), HOME, 0.0, STEPS)
 
@@ -126,9 +126,9 @@ def test_keyboard_source_jogs_from_the_measured_pose_and_holds_its_target():
 
 
 def test_teaching_source_follows_the_hand_and_the_gripper_keys():
-    from evo1_ros.teleop.sources import SOURCES, ArmTarget
+    from evo1_ros.teleop.sources import ArmTarget, SourceSettings, make_source
 
-    source = SOURCES["teaching"]()
+    source = make_source("teaching", SourceSettings(period=0.02))
     assert source.hand_guided
     guided = ArmTarget(WORK.copy(), 0.3)
     assert source.next_target(guided) is guided
@@ -137,3 +137,85 @@ def test_teaching_source_follows_the_hand_and_the_gripper_keys():
     target = source.next_target(guided)
     np.testing.assert_array_equal(target.joints, WORK)
     assert target.gripper == GRIPPER_OPEN
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_streamed_input_is_silent_before_the_first_value_and_after_the_timeout():
+    from evo1_ros.teleop.device import DeviceError
+    from evo1_ros.teleop.inputs import StreamedInput
+
+    clock = Clock()
+    pad = StreamedInput("Joy topic", 0.5, clock)
+    with pytest.raises(DeviceError, match="Joy topic: no input received yet"):
+        pad.read()
+    pad.put("first")
+    clock.now = 0.4
+    assert pad.read() == "first"
+    clock.now = 1.0
+    with pytest.raises(DeviceError, match="Joy topic: no input for 1000 ms"):
+        pad.reconnect()
+    pad.put("back")
+    pad.reconnect()
+    assert pad.read() == "back"
+
+
+def cartesian(twist=(0, 0, 0, 0, 0, 0), engaged=True, gripper=None, frame="base"):
+    from evo1_ros.teleop.device import CartesianCommand
+
+    return CartesianCommand(np.array(twist, dtype=float), frame, engaged, gripper)
+
+
+def test_cartesian_source_moves_through_the_ik_only_while_engaged_and_restarts_from_the_arm():
+    from evo1_ros.teleop.inputs import StreamedInput
+    from evo1_ros.teleop.sources import ArmTarget, SourceSettings, make_source
+
+    settings = SourceSettings(period=0.02)
+    source = make_source("twist", settings)
+    assert source.feed is not None and source.engaged() is False
+    measured = ArmTarget(WORK.copy(), 0.3)
+    source.feed.put(cartesian((0.1, 0, 0, 0, 0, 0)))
+    for _ in range(25):  # 0.5 s at 0.1 m/s along base x
+        target = source.next_target(measured)  # the arm lags: targets go on from the last target
+    assert source.engaged() and target.gripper == 0.3
+    np.testing.assert_allclose(tcp(target.joints)[0] - tcp(WORK)[0], [0.05, 0, 0], atol=1e-4)
+    source.feed.put(cartesian((0.1, 0, 0, 0, 0, 0), engaged=False))  # deadman released: the target holds
+    np.testing.assert_array_equal(source.next_target(measured).joints, target.joints)
+    assert source.engaged() is False
+    source.feed.put(cartesian(engaged=True, gripper=GRIPPER_CLOSED))
+    assert source.next_target(measured).gripper == GRIPPER_CLOSED
+    source.restart()  # e.g. the operator takes over again: from where the arm is
+    np.testing.assert_array_equal(source.next_target(measured).joints, WORK)
+    assert isinstance(source.feed, StreamedInput) and "keys do nothing" in source.press(KEYMAP["i"])
+
+
+def test_leader_source_starts_slowly_from_the_arm_and_again_after_a_restart():
+    from evo1_ros.teleop.leader import FollowLimits, LeaderReading
+    from evo1_ros.teleop.sources import ArmTarget, SourceSettings, make_source
+
+    limits = FollowLimits()
+    source = make_source("leader", SourceSettings(period=0.02, follow=limits))
+    leader = LeaderReading(HOME + 0.3, GRIPPER_CLOSED)
+    source.feed.put(leader)
+    measured = ArmTarget(HOME.copy(), 0.0)
+    first = source.next_target(measured)
+    np.testing.assert_allclose(first.joints - HOME, limits.start_step)
+    for _ in range(200):
+        target = source.next_target(measured)
+    np.testing.assert_allclose(target.joints, leader.joints, atol=1e-12)
+    source.restart()
+    np.testing.assert_allclose(source.next_target(measured).joints - HOME, limits.start_step)
+
+
+def test_sources_refuse_wrong_settings_in_words():
+    from evo1_ros.teleop.sources import SourceSettings, make_source
+
+    with pytest.raises(ValueError, match="period must be > 0 s"):
+        SourceSettings(period=0.0)
+    with pytest.raises(ValueError, match=r"source must be one of \['keyboard', .*'twist'\], not 'mouse'"):
+        make_source("mouse", SourceSettings(period=0.02))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,8 @@ def test_sim_expert_records_a_successful_episode_that_converts(tmp_path, small_w
     assert meta["instruction"] == INSTRUCTION
     assert meta["operator_note"].startswith("sim_expert")
     assert "(seed 1000, task pick_place_can, scene default)" in meta["operator_note"]
+    assert (meta["task"], meta["scene"], meta["seed"], meta["teleop_source"]) == (
+        "pick_place_can", "default", 1000, "sim_expert")
     assert meta["message_counts"]["/evo1/instruction"] == 1
     # the expert's targets went over DDS to the driver: trajectory windows of plan points ahead
     assert len(trajectories) > 100 and len(trajectories[-1].points) > 1
@@ -170,10 +173,75 @@ def test_unknown_source_is_refused_naming_the_known_ones():
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
-        with pytest.raises(ValueError, match=r"\['keyboard', 'teaching'\], not 'sim_expert'"):
+        with pytest.raises(ValueError, match=r"\['keyboard', 'teaching', 'leader', 'spacemouse', 'joy', 'twist'\], "
+                                             r"not 'sim_expert'"):
             TeleopNode(**override(context, source="sim_expert"))
     finally:
         rclpy.try_shutdown(context=context)
+
+
+XBOX = str(Path(__file__).resolve().parents[1] / "config" / "teleop_joy_xbox.yaml")
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(source="joy"), "source joy needs joy_map"),
+    (dict(source="leader", policy="/evo1_inference"), "source leader has no deadman to take over from the policy"),
+    (dict(source="teaching", policy="/evo1_inference", joy_map=XBOX), "cannot take over from a policy"),
+    (dict(source="leader", leader_config="/no/such/leader.yaml"), "leader: cannot read /no/such/leader.yaml"),
+    (dict(source="twist", twist_frame="world"), "frame must be one of"),
+    (dict(source="twist", release_s=0.0), "release_s must be a number above 0"),
+    (dict(source="leader", leader_joint_names=["a", "b"]), "joint_names needs 6 distinct names"),
+    (dict(source="leader", leader_max_step=0.001), "start_step must not exceed max_step"),
+    (dict(source="spacemouse", spacemouse_config=XBOX), "SpaceMouse: unknown setting"),
+])
+def test_wrong_teleop_parameters_are_refused_in_words(params, message):
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(ValueError, match=message):
+            TeleopNode(**override(context, **params))
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_a_foot_pedal_runs_the_episodes_beside_the_keyboard(tmp_path):
+    """A pedal is a Joy device whose map has only episode buttons: start, stop (keep) and discard."""
+    from sensor_msgs.msg import Joy
+
+    from evo1_ros.nodes.driver import start_driver
+    from evo1_ros.nodes.recorder import RecorderNode
+
+    pedal_map = tmp_path / "pedal.yaml"
+    pedal_map.write_text("buttons: {start: 0, stop: 1, discard: 2}\n")
+
+    def make(context, nodes):
+        nodes.append(start_driver(**override(context, backend="fake", realtime_priority=0)))
+        nodes.append(RecorderNode(**override(context, output_dir=str(tmp_path / "bags"), cameras=["base"])))
+        nodes.append(TeleopNode(**override(context, source="keyboard", joy_map=str(pedal_map), operator="grace")))
+
+    graph = Graph(make)
+    try:
+        recorder, pedal = graph.nodes[1], graph.listener.create_publisher(Joy, "/joy", 10)
+
+        def step(button, recording):
+            for pressed in (button, None):
+                pedal.publish(Joy(buttons=[int(i == pressed) for i in range(3)]))
+                time.sleep(0.1)
+            wait_for(lambda: (recorder.writer is not None) == recording, what=f"pedal button {button}")
+
+        pedal.publish(Joy(buttons=[0, 0, 0]))
+        time.sleep(0.3)
+        step(0, True)
+        step(1, False)  # kept, outcome not marked
+        step(0, True)
+        step(2, False)  # discarded
+    finally:
+        graph.close()
+    (episode,) = sorted((tmp_path / "bags").iterdir())
+    meta = bag.read_meta(episode)
+    assert meta["success"] is None and meta["interrupted"] is None
+    assert (meta["operator"], meta["teleop_source"]) == ("grace", "keyboard")
+    assert recorder.tally["unmarked"] == 1 and recorder.tally["discarded"] == 1
 
 
 def test_sigterm_ends_the_teleop_process_cleanly():
@@ -225,7 +293,10 @@ def test_keyboard_jogs_the_driver_and_runs_recorder_episodes(tmp_path):
                     and state.position[6] > 0.8)
 
         wait_for(arrived, what="the fake arm to reach the jogged target")
+        recorder = graph.nodes[1]
+        wait_for(lambda: recorder.writer is not None, what="the episode to start")
         teleop.handle_key("s")
+        wait_for(lambda: recorder.writer is None, what="the episode to be saved")
     finally:
         graph.close()
     (episode,) = sorted(tmp_path.iterdir())

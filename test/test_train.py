@@ -33,7 +33,8 @@ def write_dataset(root, cameras=("base", "wrist"), episodes=2, length=12, size=2
         state = np.concatenate([action[:1], action[:-1]])
         frames = {cam: [np.full((size, size, 3), (int(120 + 200 * s[0]) % 256, 60 * c, 90), np.uint8)
                         for s in state] for c, cam in enumerate(cameras)}
-        episode = {"state": state, "action": action, "timestamp": np.arange(length) / 15.0, "frames": frames}
+        episode = {"state": state, "action": action, "timestamp": np.arange(length) / 15.0,
+                   "intervention": np.zeros(length, bool), "frames": frames}
         write_episode(root / f"episode_{e:06d}.npz", episode, "png")
         meta_episodes.append({"file": f"episode_{e:06d}.npz", "instruction": "pick up the can",
                               "success": True, "length": length})

@@ -5,7 +5,8 @@ Layout of an episode directory (readable by `ros2 bag info` once closed):
     <episode>/
         <episode>.mcap | <episode>.db3   storage file (rosbags writer)
         metadata.yaml                    rosbag2 metadata; written on close only
-        episode.json                     instruction, robot, topics, success, operator note
+        episode.json                     instruction, task, robot, operator, topics, success,
+                                         interruption, operator note, ... (the recorder's metadata)
 
 Messages arrive already CDR-serialized (rclpy `raw=True` subscriptions) and are written as is.
 
@@ -51,6 +52,7 @@ COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 TRAJECTORY_TYPE = "trajectory_msgs/msg/JointTrajectory"
 STRING_TYPE = "std_msgs/msg/String"
+BOOL_TYPE = "std_msgs/msg/Bool"
 
 
 class BagMessage(NamedTuple):
@@ -75,14 +77,16 @@ class EpisodeWriter:
     """Writes one episode: `write()` serialized messages, then `close(success)` or `discard()`.
 
     topics: topic -> message type ("sensor_msgs/msg/Image"); meta: anything JSON, stored in
-    episode.json (instruction, robot, cameras, topics, operator_note).
+    episode.json (instruction, robot, cameras, topics, operator_note, ...). `close` adds the
+    outcome: success (True, False or None: not marked) and `interrupted` (why the episode was cut
+    short, e.g. a teleop device failed; None when it ended as the operator meant).
     """
 
     def __init__(self, path: str | Path, topics: dict[str, str], meta: dict,
                  storage: str = "mcap", flush_period: float = 0.5):
         self.path = Path(path)
         self.flush_period = flush_period
-        self.meta = {"started_ns": time.time_ns(), **meta, "success": None, "storage": storage}
+        self.meta = {"started_ns": time.time_ns(), **meta, "success": None, "interrupted": None, "storage": storage}
         self._writer = Writer(self.path, version=9, storage_plugin=STORAGES[storage])
         self._writer.open()
         # All connections up front: the MCAP writer puts schema and channel records into the open
@@ -121,8 +125,9 @@ class EpisodeWriter:
         self._pending = False
         self._last_flush = time.monotonic()
 
-    def close(self, success: bool | None, note: str | None = None) -> Path:
-        self.meta.update(success=success, ended_ns=time.time_ns(), message_counts=self.counts)
+    def close(self, success: bool | None, note: str | None = None, interrupted: str | None = None) -> Path:
+        self.meta.update(success=success, interrupted=interrupted, ended_ns=time.time_ns(),
+                         message_counts=self.counts)
         if note is not None:
             self.meta["operator_note"] = note
         # A copy in metadata.yaml, so the metadata survives `ros2 bag convert` and friends.
@@ -236,7 +241,7 @@ def recover(path: str | Path) -> int:
                            {**meta, "recovered": True}, storage=storage)
     for m in messages:
         writer.write(m.topic, m.log_ns, m.raw)
-    writer.close(success=meta.get("success"))
+    writer.close(success=meta.get("success"), interrupted=meta.get("interrupted"))
     backup = path.with_name(path.name + ".unrecovered")
     path.rename(backup)
     staging.rename(path)

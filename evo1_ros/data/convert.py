@@ -10,14 +10,23 @@ of them have data; at each step each stream contributes its latest sample, which
 (`drive_joint`); action = the first command (`JointTrajectory`, first point) after the step, at most
 `--max-age` later (`--action command`), or the next step's state (`--action observed`).
 
+Interventions. An episode recorded while an operator could take over from a policy holds the
+teleop node's `/evo1/intervention` (std_msgs/Bool, every control period: whether the operator has
+the arm). A step's `intervention` flag is the value in force when its action was commanded (the
+latest flag the recorder got before that command; with `--action observed`, before the step), so
+it is true on exactly the steps whose action is the operator's. Without the topic, all false.
+Episodes marked interrupted (a teleop device failed) are skipped unless `--keep-interrupted`.
+
 `evo1` format (`--out DIR`):
 
     meta.json           format, version, fps, cameras, image_size, codec, state_names,
                         action_names, action_source, max_age_s; per episode: file, bag,
-                        instruction, success, length, grid_steps, dropped (steps by cause)
+                        instruction, task, operator, teleop_source, success, interrupted,
+                        length, intervention_steps, grid_steps, dropped (steps by cause)
     norm_stats.json     {"state"|"action": {"min", "max", "mean", "std": [dim]}, "count": steps}
     episode_NNNNNN.npz  state (T, 7) float32, action (T, 7) float32, timestamp (T,) float64
-                        seconds since the first kept step, and per camera `frames.<cam>`: the
+                        seconds since the first kept step, intervention (T,) bool, and per
+                        camera `frames.<cam>`: the
                         T encoded frames (PNG or JPEG, RGB, image_size x image_size) concatenated
                         as uint8, sliced by `offsets.<cam>` (T + 1,) int64.
 
@@ -55,7 +64,8 @@ def pick(names, values, where: str) -> np.ndarray:
 
 
 def topic_layout(bag_path: Path, meta: dict, cameras: list[str] | None) -> dict:
-    """{"cameras": {name: topic}, "joint_states": topic, "command": topic} of one bag."""
+    """{"cameras": {name: topic}, "joint_states": topic, "command": topic, "intervention": topic or
+    None (bags from before interventions)} of one bag."""
     recorded = meta.get("topics", {})
     available = recorded.get("cameras") or {name: topics.camera_topic(name) for name in cameras or []}
     chosen = cameras or list(available)
@@ -69,18 +79,22 @@ def topic_layout(bag_path: Path, meta: dict, cameras: list[str] | None) -> dict:
         "cameras": {name: available[name] for name in chosen},
         "joint_states": recorded.get("joint_states", topics.JOINT_STATES),
         "command": recorded.get("command", topics.TRAJECTORY),
+        "intervention": recorded.get("intervention"),
     }
 
 
 def read_streams(bag_path: Path, layout: dict, image_size: int, need_command: bool) -> dict:
-    """Per topic (stamps int64 ns, values): resized RGB frames, joint or command vectors."""
+    """Per topic (stamps int64 ns, values, log times int64 ns): resized RGB frames, joint or
+    command vectors, intervention flags (stamped with their log time: Bool has no header). Every
+    topic but the intervention's must have messages."""
     import cv2
 
     from evo1_ros.data import bag
 
     cameras = {topic: name for name, topic in layout["cameras"].items()}
-    wanted = {*cameras, layout["joint_states"]} | ({layout["command"]} if need_command else set())
-    streams: dict[str, tuple[list, list]] = {topic: ([], []) for topic in wanted}
+    required = {*cameras, layout["joint_states"]} | ({layout["command"]} if need_command else set())
+    wanted = required | ({layout["intervention"]} if layout["intervention"] else set())
+    streams: dict[str, tuple[list, list, list]] = {topic: ([], [], []) for topic in wanted}
     total = 0
     for m in bag.read_messages(bag_path):
         total += 1
@@ -88,6 +102,11 @@ def read_streams(bag_path: Path, layout: dict, image_size: int, need_command: bo
             continue
         where = f"{bag_path}: {m.topic}"
         msg = bag.decode(m.msgtype, m.raw)
+        if m.topic == layout["intervention"]:
+            streams[m.topic][0].append(m.log_ns)
+            streams[m.topic][1].append(bool(msg.data))
+            streams[m.topic][2].append(m.log_ns)
+            continue
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec or m.log_ns
         if m.topic in cameras:
             try:
@@ -103,19 +122,22 @@ def read_streams(bag_path: Path, layout: dict, image_size: int, need_command: bo
             continue  # a trajectory without points cancels motion; it commands no target
         streams[m.topic][0].append(stamp)
         streams[m.topic][1].append(value)
+        streams[m.topic][2].append(m.log_ns)
     if total == 0:
         raise ConversionError(f"{bag_path}: bag is empty")
     result = {}
-    for topic, (stamps, values) in streams.items():
+    for topic, (stamps, values, logged) in streams.items():
         if not stamps:
-            raise ConversionError(f"{bag_path}: no messages on topic {topic}")
+            if topic in required:
+                raise ConversionError(f"{bag_path}: no messages on topic {topic}")
+            continue
         stamps = np.array(stamps, np.int64)
         back = np.flatnonzero(np.diff(stamps) < 0)
         if back.size:
             i = back[0]
             raise ConversionError(f"{bag_path}: stamps on topic {topic} go backwards at message "
                                   f"{i + 1} ({stamps[i]} -> {stamps[i + 1]} ns)")
-        result[topic] = (stamps, values)
+        result[topic] = (stamps, values, np.array(logged, np.int64))
     return result
 
 
@@ -138,15 +160,22 @@ def sync_episode(bag_path: Path, streams: dict, layout: dict, rate: float, max_a
     joints = np.stack(streams[layout["joint_states"]][1])
     state = joints[latest["joints"]]
     if action_source == "command":
-        stamps = streams[layout["command"]][0]
+        stamps, commands, logged = streams[layout["command"]]
         nxt = np.searchsorted(stamps, grid, side="right")
         has_action = nxt < len(stamps)
         nxt = np.minimum(nxt, len(stamps) - 1)
         has_action &= stamps[nxt] - grid <= max_age_ns
-        action = np.stack(streams[layout["command"]][1])[nxt]
+        action = np.stack(commands)[nxt]
+        commanded = logged[nxt]  # on the recorder's clock, as the intervention flags are
     else:
         has_action = np.append(fresh["joints"][1:], False)
         action = np.concatenate([state[1:], state[-1:]])
+        commanded = grid
+    intervention = np.zeros(len(grid), bool)
+    if layout["intervention"] in streams:
+        flag_times, flags, _ = streams[layout["intervention"]]
+        latest_flag = np.searchsorted(flag_times, commanded, side="right") - 1
+        intervention = (latest_flag >= 0) & np.array(flags, bool)[np.maximum(latest_flag, 0)]
     keep = has_action.copy()
     for ok in fresh.values():
         keep &= ok
@@ -161,6 +190,7 @@ def sync_episode(bag_path: Path, streams: dict, layout: dict, rate: float, max_a
         "state": state[keep].astype(np.float32),
         "action": action[keep].astype(np.float32),
         "timestamp": (grid[keep] - grid[keep][0]) / 1e9,
+        "intervention": intervention[keep],
         "frames": frames,
         "grid_steps": len(grid),
         "dropped": dropped,
@@ -168,7 +198,7 @@ def sync_episode(bag_path: Path, streams: dict, layout: dict, rate: float, max_a
 
 
 def write_episode(file: Path, episode: dict, codec: str) -> None:
-    arrays = {k: episode[k] for k in ("state", "action", "timestamp")}
+    arrays = {k: episode[k] for k in ("state", "action", "timestamp", "intervention")}
     for name, frames in episode["frames"].items():
         encoded = [images.encode_frame(f, codec) for f in frames]
         arrays[f"frames.{name}"] = np.concatenate(encoded)
@@ -185,7 +215,7 @@ def norm_stats(arrays: list[np.ndarray]) -> dict:
 def convert(bags: list[Path], out: Path, rate: float = 15.0, max_age: float = 0.1,
             image_size: int = 224, codec: str = "png", action_source: str = "command",
             cameras: list[str] | None = None, instruction: str | None = None,
-            keep_failed: bool = False, log=print) -> dict:
+            keep_failed: bool = False, keep_interrupted: bool = False, log=print) -> dict:
     """Convert episode bags into an `evo1` dataset under `out`; returns meta.json's content."""
     from evo1_ros.data import bag
 
@@ -197,6 +227,9 @@ def convert(bags: list[Path], out: Path, rate: float = 15.0, max_age: float = 0.
         meta = bag.read_meta(bag_path)
         if meta.get("success") is False and not keep_failed:
             log(f"{bag_path}: skipped (episode marked failed; --keep-failed keeps it)")
+            continue
+        if meta.get("interrupted") and not keep_interrupted:
+            log(f"{bag_path}: skipped (interrupted: {meta['interrupted']}; --keep-interrupted keeps it)")
             continue
         text = instruction or meta.get("instruction")
         if not text:
@@ -212,13 +245,16 @@ def convert(bags: list[Path], out: Path, rate: float = 15.0, max_age: float = 0.
         write_episode(out / file, episode, codec)
         states.append(episode["state"])
         actions.append(episode["action"])
+        intervened = int(episode["intervention"].sum())
         episodes.append({
-            "file": file, "bag": str(bag_path), "instruction": text,
-            "success": meta.get("success"), "length": len(episode["state"]),
+            "file": file, "bag": str(bag_path), "instruction": text, "task": meta.get("task"),
+            "operator": meta.get("operator"), "teleop_source": meta.get("teleop_source"),
+            "success": meta.get("success"), "interrupted": meta.get("interrupted"),
+            "length": len(episode["state"]), "intervention_steps": intervened,
             "grid_steps": episode["grid_steps"], "dropped": episode["dropped"],
         })
         log(f"{bag_path}: {len(episode['state'])} of {episode['grid_steps']} steps kept "
-            f"(dropped {episode['dropped']})")
+            f"(dropped {episode['dropped']}; {intervened} by an operator's intervention)")
     if not episodes:
         raise ConversionError("no episodes to convert")
     meta = {
@@ -251,6 +287,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", nargs="+", help="camera names to use (default: all recorded)")
     parser.add_argument("--instruction", help="instruction for bags without episode.json")
     parser.add_argument("--keep-failed", action="store_true", help="also convert failed episodes")
+    parser.add_argument("--keep-interrupted", action="store_true",
+                        help="also convert episodes cut short by a teleop device failure")
     lerobot = parser.add_argument_group("--format lerobot")
     lerobot.add_argument("--repo-id", help="the dataset's LeRobot repo id (default local/<out name>)")
     lerobot.add_argument("--video", action="store_true",
@@ -268,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = dict(rate=args.rate, max_age=args.max_age, image_size=args.image_size, codec=args.codec,
                    action_source=args.action, cameras=args.cameras, instruction=args.instruction,
-                   keep_failed=args.keep_failed)
+                   keep_failed=args.keep_failed, keep_interrupted=args.keep_interrupted)
     try:
         if args.format == "evo1":
             convert(args.bags, args.out, **options)

@@ -10,10 +10,12 @@ One LeRobot frame per kept grid step of the `evo1` dataset:
     observation.images.<camera>   image (PNG in the parquet files, lossless) or, with --video,
                                   video (LeRobot's mp4 files, lossy)
     observation.state, action     float32 (7,): joint1..joint6 (rad), drive_joint
+    intervention                  bool (1,): the action is an operator's, who took over from the
+                                  policy (LeRobot's rollouts record the same for DAgger)
     task                          the episode's instruction
 Timestamps are frame_index / fps, LeRobot's convention (steps the sync dropped are closed up, as
 the evo1 trainer treats them). After writing, the dataset is read back with `LeRobotDataset` and
-its frame count, states and actions are compared with the source.
+its frame count, states, actions and intervention flags are compared with the source.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def features(meta: dict, video: bool) -> dict:
     out["observation.state"] = {"dtype": "float32", "shape": (len(meta["state_names"]),),
                                 "names": list(meta["state_names"])}
     out["action"] = {"dtype": "float32", "shape": (len(meta["action_names"]),), "names": list(meta["action_names"])}
+    out["intervention"] = {"dtype": "bool", "shape": (1,), "names": None}
     return out
 
 
@@ -87,12 +90,14 @@ def export(evo1_dir: Path, out: Path, repo_id: str, video: bool) -> dict:
         raise ExportError(f"{out} already exists")
     dataset = LeRobotDataset.create(repo_id, int(fps), features(meta, video), robot_type="xarm6", root=out,
                                     use_videos=video)
-    states, actions = [], []
+    states, actions, interventions = [], [], []
     for index, ep in enumerate(meta["episodes"]):
         with np.load(evo1_dir / ep["file"]) as npz:
             arrays = {k: npz[k] for k in npz.files}
+        intervention = arrays.get("intervention", np.zeros(ep["length"], bool))  # datasets from before
         for k in range(ep["length"]):
-            frame = {"observation.state": arrays["state"][k], "action": arrays["action"][k], "task": ep["instruction"]}
+            frame = {"observation.state": arrays["state"][k], "action": arrays["action"][k],
+                     "intervention": intervention[k: k + 1], "task": ep["instruction"]}
             for cam in meta["cameras"]:
                 start, end = arrays[f"offsets.{cam}"][k: k + 2]
                 frame[f"observation.images.{cam}"] = decode_frame(arrays[f"frames.{cam}"][start:end])
@@ -100,6 +105,7 @@ def export(evo1_dir: Path, out: Path, repo_id: str, video: bool) -> dict:
         dataset.save_episode()
         states.append(arrays["state"][: ep["length"]])
         actions.append(arrays["action"][: ep["length"]])
+        interventions.append(intervention[: ep["length"]])
         print(f"episode {index + 1}/{len(meta['episodes'])}: {ep['length']} frames", file=sys.stderr, flush=True)
     dataset.finalize()
 
@@ -110,8 +116,9 @@ def export(evo1_dir: Path, out: Path, repo_id: str, video: bool) -> dict:
         raise ExportError(f"{out}: read back {back.num_frames} frames / {back.num_episodes} episodes, "
                           f"wrote {expected} / {len(states)}")
     table = back.hf_dataset.with_format(None)
-    for key, source in (("observation.state", states), ("action", actions)):
-        if not np.array_equal(np.asarray(table[key], np.float32), np.concatenate(source)):
+    for key, source in (("observation.state", states), ("action", actions), ("intervention", interventions)):
+        source = np.concatenate(source)
+        if not np.array_equal(np.asarray(table[key], source.dtype).reshape(source.shape), source):
             raise ExportError(f"{out}: {key} read back differs from {evo1_dir}")
     return {"frames": back.num_frames, "episodes": back.num_episodes, "fps": back.fps, "root": str(out)}
 

@@ -19,8 +19,9 @@ Topics: `trajectory_topic` (trajectory_msgs/JointTrajectory, joint1..joint6 [+ d
 new trajectory replaces the current one; header.stamp 0 means "now"), `joint_states_topic`
 (sensor_msgs/JointState, joint1..joint6 + drive_joint), /diagnostics. Services (std_srvs/Trigger):
 `~/emergency_stop` (latches), `~/reset` (releases it), `~/recover` (clears a backend error);
-`~/set_teaching` (std_srvs/SetBool: true = the arm is moved by hand and nothing is commanded,
-false = back to following, the arm holding where it was put). The emergency stop brakes at
+`~/set_teaching` (std_srvs/SetBool: true = the arm is moved by hand, no joint is commanded and
+trajectories move only the gripper, through the safety filter, so the operator can open and close
+it while hand-guiding; false = back to following, the arm holding where it was put). The emergency stop brakes at
 `max_acceleration` to rest and holds there, with the arm still enabled so `~/reset` resumes at
 once: a software stop, not a replacement for the control box's E-stop button. A backend error,
 by contrast, stops the arm through the controller (SDK state 4).
@@ -378,7 +379,7 @@ class Xarm6DriverNode(LifecycleNode):
             response.message = f"teaching mode {'on' if request.data else 'off'} refused: {e}"
             return response
         response.success = True
-        response.message = ("teaching mode: move the arm by hand" if request.data
+        response.message = ("teaching mode: move the arm by hand (trajectories move the gripper only)" if request.data
                             else "following again; the arm holds where it was put")
         self.get_logger().info(response.message)
         return response

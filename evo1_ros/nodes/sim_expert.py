@@ -42,7 +42,7 @@ class SimExpertNode(Node):
             raise ValueError(f"rate_hz {reason}")
         self.world, self.period = world, 1.0 / p["rate_hz"]
         self.done = threading.Event()  # the episodes are stored, or the node is closing
-        self.operator = Operator(self, p, closing=self.done.is_set)
+        self.operator = Operator(self, p, "sim_expert", closing=self.done.is_set)
         self._reset = self.create_client(Trigger, f"{p['sim']}/reset")
         self._success: tuple[bool, int] = (False, 0)  # latest flag, messages seen
         self.create_subscription(Bool, f"{p['sim']}/success", self._on_success,
@@ -70,7 +70,9 @@ class SimExpertNode(Node):
                 scene = services.call_checked(self._reset, abort=self.done.is_set)
                 self._wait_success_messages(2)  # frames of the new scene are out: record from here
                 plan = plan_for(self.world)
-                self.operator.episode("start", note=f"sim_expert {scene}")
+                world = self.world
+                self.operator.episode("start", note=f"sim_expert {scene}", task=world.task.name,
+                                      scene=world.scene.name, seed=world.seed)
                 t0, deadline, judged_at = self.world.time, time.monotonic(), None
                 offsets = self.period * np.arange(1, round(EXPERT_WINDOW_S / self.period) + 1)
                 while not self.done.is_set():
@@ -83,7 +85,7 @@ class SimExpertNode(Node):
                             break
                     deadline = max(deadline + self.period, time.monotonic())
                     time.sleep(max(0.0, deadline - time.monotonic()))
-                self.operator.episode("stop_success" if self._success[0] else "stop_fail")
+                self.operator.episode("success" if self._success[0] else "failure")
         except services.ServiceError as exc:
             if not self.done.is_set():
                 self.get_logger().error(f"sim expert stopped: {exc}")

@@ -70,12 +70,18 @@ class DriverBackend(abc.ABC):
 
     def set_teaching(self, on: bool) -> RobotState:
         """Enter (True) or leave hand-guiding: while on, the arm is moved by hand and `command` is not
-        called; leaving it, the arm holds where it was put. Backends that cannot refuse."""
+        called (`command_gripper` is); leaving it, the arm holds where it was put. Backends that
+        cannot refuse."""
         raise BackendError(NO_SUCH_COMMAND, f"the {self.name} backend has no teaching mode")
 
     def set_servo_period(self, period: float) -> None:
         """The servo loop commands every `period` s (of its trajectory clock): a backend whose time
         waits for the loop (a lockstep simulation) advances by one period per command."""
+
+    def command_gripper(self, gripper: float) -> None:
+        """Send a gripper target alone (drive 0..0.85), in teaching mode: the joints are in the
+        operator's hands. Backends with a teaching mode implement it."""
+        raise BackendError(NO_SUCH_COMMAND, f"the {self.name} backend cannot command the gripper alone")
 
     def helper_threads(self) -> list[int]:
         """Native ids of threads that `command` and `read_state` wait on (e.g. a socket's receiver):

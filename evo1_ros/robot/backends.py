@@ -79,6 +79,10 @@ class FakeBackend(DriverBackend):
         self.target_positions = np.array(positions, dtype=float)
         self.target_gripper = float(gripper)
 
+    def command_gripper(self, gripper: float) -> None:
+        self._advance()
+        self.target_gripper = float(gripper)
+
     def stop(self) -> None:
         self._advance()
         self.target_positions, self.target_gripper = self.positions.copy(), self.gripper
@@ -364,6 +368,10 @@ class XArmSdkBackend(DriverBackend):
 
     def command(self, positions: np.ndarray, gripper: float) -> None:
         self._check(self.arm.set_servo_angle_j([float(a) for a in positions], is_radian=True), "set_servo_angle_j")
+        self.command_gripper(gripper)
+
+    def command_gripper(self, gripper: float) -> None:
+        """Handed to the auxiliary link's thread (the gripper's own path, also in teaching mode)."""
         if self.use_gripper:
             self.auxiliary.target = xarm6.gripper_to_sdk(gripper)
 

@@ -1,5 +1,5 @@
 """The topics the system talks on, named once: the arm's joint states, the trajectories the
-driver follows, the instruction, and the cameras (realsense2_camera's naming, which our camera
+driver follows, the instruction, operator interventions, and the cameras (realsense2_camera's naming, which our camera
 and sim nodes follow). Nodes take these as their parameters' defaults; bags record them."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 JOINT_STATES = "/joint_states"
 TRAJECTORY = "/evo1/joint_trajectory"
 INSTRUCTION = "/evo1/instruction"
+INTERVENTION = "/evo1/intervention"  # std_msgs/Bool: true while an operator overrides the policy
 CAMERA_NAMESPACE = "camera"
 
 

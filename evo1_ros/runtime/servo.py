@@ -36,8 +36,10 @@ is called, so the owner can take itself down instead of looking alive while comm
 
 Holding and teaching. Until `activate()` (and after `deactivate()`) the loop holds: trajectories
 are refused and the filter brings the arm to rest and keeps it there. In teaching mode
-(`set_teaching(True)`) the arm is moved by hand: the loop sends no command at all and only reads
-the arm; leaving it, the filter starts from where the arm was put, at rest.
+(`set_teaching(True)`) the arm is moved by hand: the loop commands no joint and follows only the
+gripper column of the trajectories it gets, through the same filter (range, speed, watchdog,
+e-stop) and the backend's `command_gripper`, so the operator can open and close the gripper while
+hand-guiding; leaving it, the filter starts from where the arm was put, at rest.
 """
 
 from __future__ import annotations
@@ -188,15 +190,13 @@ class ServoLoop:
 
     def submit(self, times: np.ndarray, points: np.ndarray, stamp: float | None = None) -> None:
         """Follow a trajectory: times (n,) on this loop's clock, points (n, 7) joints + gripper,
-        planned at `stamp` (this clock; None = now). Raises TrajectoryRejected (inactive, teaching,
-        e-stop latched, NaN/inf, times not increasing, all stale, planned before the last
-        reset/recover/activation)."""
+        planned at `stamp` (this clock; None = now); in teaching mode only its gripper column is
+        followed. Raises TrajectoryRejected (inactive, e-stop latched, NaN/inf, times not
+        increasing, all stale, planned before the last reset/recover/activation)."""
         arrival = self.clock()
         try:
             if not self._active:
                 raise TrajectoryRejected("the driver is not active (holding the arm); activate it first")
-            if self._teaching:
-                raise TrajectoryRejected("teaching mode: the arm is moved by hand; leave teaching mode first")
             if stamp is not None and stamp < self._not_before:
                 raise TrajectoryRejected("trajectory was planned before the last reset/recover")
             times, points = self._filter.check_trajectory(times, points, arrival)
@@ -219,8 +219,9 @@ class ServoLoop:
         return self._on_servo_thread(self._recover, timeout)
 
     def set_teaching(self, on: bool, timeout: float = 10.0) -> RobotState:
-        """Enter (True) or leave teaching mode: the arm is moved by hand and nothing is commanded.
-        Leaving it, the arm holds where it was put. Raises BackendError (e.g. a backend without one)."""
+        """Enter (True) or leave teaching mode: the arm is moved by hand, trajectories move only the
+        gripper. Leaving it, the arm holds where it was put. Raises BackendError (e.g. a backend
+        without one)."""
         return self._on_servo_thread(functools.partial(self._set_teaching, on), timeout)
 
     def status(self) -> ServoStatus:
@@ -229,7 +230,7 @@ class ServoLoop:
         if not self._active:
             stopping = "inactive: holding the arm"
         elif self._teaching:
-            stopping = "teaching mode: the arm is moved by hand"
+            stopping = "teaching mode: the arm is moved by hand (trajectories move the gripper only)"
         return ServoStatus(
             state=self._state, command=np.append(f.positions, f.gripper), estopped=f.estopped,
             stopping_reason=stopping, fault=self._fault, fault_code=self._fault_code, fault_time=self._fault_time,
@@ -312,15 +313,11 @@ class ServoLoop:
         if not self._connected:
             return
         now = self.clock()
-        steps = not self.ticks_on_clock or now >= self._next_step - CLOCK_EPS_S
-        if steps and self.ticks_on_clock:
+        if not self.ticks_on_clock:
+            self._command(now)
+        elif now >= self._next_step - CLOCK_EPS_S:
             self._next_step = now + self.period
-        if steps and not self._teaching:
-            target = self._trajectory.sample(now) if self._active else None
-            positions, gripper = self._filter.step(target, now)
-            self._commanded_at = now
-            if not self._fault:
-                self._call(self._backend.command, positions, gripper)
+            self._command(now)
         self._ticks += 1
         state = self._call(self._backend.read_state)
         if state is None:
@@ -328,10 +325,30 @@ class ServoLoop:
         self._state = state
         if state.error_code and not self._fault:  # an error the controller raised on its own
             self._fail(state.error_code, state.error_words)
-        if self._fault or self._teaching:  # follow the arm, so commands resume from where it really is
+        if self._fault:  # follow the arm, so commands resume from where it really is
             self._filter.sync(state.positions, state.gripper)
+        elif self._teaching:  # the joints follow the hand; the gripper command stays the filter's
+            self._filter.sync(state.positions, self._filter.gripper)
         if self._on_state is not None:
             self._on_state(state)
+
+    def _command(self, now: float) -> None:
+        """Filter the trajectory's target at `now` and send it (in teaching mode, the gripper alone)."""
+        target = self._trajectory.sample(now) if self._active else None
+        if self._teaching:
+            # The joints are in the operator's hands (the filter holds them where they were
+            # measured): only the gripper command goes out, and only while a trajectory is followed.
+            if target is not None:
+                target = np.append(self._filter.positions, target[-1])
+            _, gripper = self._filter.step(target, now)
+            self._commanded_at = now
+            if not (self._fault or self._filter.stopping_reason):
+                self._call(self._backend.command_gripper, gripper)
+        else:
+            positions, gripper = self._filter.step(target, now)
+            self._commanded_at = now
+            if not self._fault:
+                self._call(self._backend.command, positions, gripper)
 
     def _follow(self, times: np.ndarray, points: np.ndarray, arrival: float) -> None:
         if self._filter.estopped:  # latched after this trajectory was checked
@@ -340,7 +357,7 @@ class ServoLoop:
         if self._fault or not self._connected:
             self._rejected = "the backend has an error; call recover first"
             return
-        if not self._active or self._teaching:  # deactivated or teaching since it was checked
+        if not self._active:  # deactivated since it was checked
             return
         self._filter.feed_watchdog(arrival)
         # A trajectory that starts in the future is joined from where the old one's target was at

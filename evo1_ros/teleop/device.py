@@ -20,8 +20,9 @@ import numpy as np
 from evo1_ros.robot.diffik import FRAMES
 from evo1_ros.robot.xarm6 import GRIPPER_CLOSED, GRIPPER_OPEN
 
-# Episode control a device button can ask for: start an episode, stop it and keep it, discard it,
-# mark it a success or a failure.
+# Episode control, one set for keys, device buttons and the recorder's services: start an episode;
+# stop it and keep it (outcome not marked); stop it and discard it; stop it, keep it and mark it a
+# success or a failure.
 EPISODE_EVENTS = ("start", "stop", "discard", "success", "failure")
 # Twist components in order: linear x y z (m/s), angular x y z (rad/s) about those axes.
 TWIST_AXES = ("x", "y", "z", "roll", "pitch", "yaw")

@@ -5,7 +5,7 @@ single keys from a terminal. ROS-free; the teleop node applies the commands.
     TCP      i/k  +x/-x    j/l  +y/-y    u/o  +z/-z    n/m  yaw +/- (about link_base z)
     gripper  c close   v open
     steps    ] larger  [ smaller
-    episode  b begin   s stop: success   f stop: failure   d discard
+    episode  b begin   x stop, keep   s stop: success   f stop: failure   d discard
     h help
 """
 
@@ -29,7 +29,7 @@ HELP = __doc__.split("\n\n")[1]
 
 class Command(NamedTuple):
     kind: str  # joint | cartesian | gripper | scale | episode | help
-    arg: object = None  # joint index, Cartesian axis (0-2 x y z, 5 yaw), gripper drive, episode action
+    arg: object = None  # joint index, Cartesian axis (0-2 x y z, 5 yaw), gripper drive, episode event
     sign: float = 1.0
 
 
@@ -42,8 +42,8 @@ KEYMAP = {
     "n": Command("cartesian", 5, +1.0), "m": Command("cartesian", 5, -1.0),
     "c": Command("gripper", GRIPPER_CLOSED), "v": Command("gripper", GRIPPER_OPEN),
     "]": Command("scale", sign=2.0), "[": Command("scale", sign=0.5),
-    "b": Command("episode", "start"), "s": Command("episode", "stop_success"),
-    "f": Command("episode", "stop_fail"), "d": Command("episode", "discard"),
+    "b": Command("episode", "start"), "x": Command("episode", "stop"), "s": Command("episode", "success"),
+    "f": Command("episode", "failure"), "d": Command("episode", "discard"),
     "h": Command("help"),
 }
 

@@ -27,7 +27,9 @@ from evo1_ros.teleop.device import (
     DeviceError,
     apply_deadband,
     check_deadband,
+    check_keys,
     compose_command,
+    read_yaml,
 )
 
 # Reports a poll drains at most: the device sends ~60-120 per second, the caller polls at >= 20 Hz.
@@ -55,6 +57,16 @@ class SpaceMouseConfig:
             raise ValueError(f"SpaceMouse: device_yaw must be finite, got {self.device_yaw}")
         CartesianCommand(np.zeros(6), self.frame, False)  # refuses an unknown frame
 
+    @classmethod
+    def load(cls, path) -> "SpaceMouseConfig":
+        """The settings in a YAML file (any of the fields above; the rest keep their defaults)."""
+        try:
+            data = read_yaml(path, "SpaceMouse")
+            check_keys(data, cls.__dataclass_fields__, "SpaceMouse")
+            return cls(**data)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: {error}") from error
+
 
 class SpaceMouseReader:
     """An open SpaceMouse; `read()` drains its pending HID reports and maps the latest state."""
@@ -70,6 +82,10 @@ class SpaceMouseReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._device is not None
 
     def open(self) -> None:
         import pyspacemouse
