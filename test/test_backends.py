@@ -235,6 +235,7 @@ def test_a_stalled_servo_reply_is_survived_and_the_arm_resumes_from_rest(xarm_em
         feeder.target = np.append(xarm6.HOME + 1.5, 0.0)
         wait_for(lambda: np.abs(np.diff([t[1:] for t in emulator.servo_targets()[-2:]], axis=0)).max() > 0.015,
                  5.0, "full speed")
+        injected = len(emulator.servo_targets())
         emulator.inject("servo-reply-delay:0.19")
         wait_for(lambda: loop.status().max_tick_s > 0.18, 3.0, "the stall")
         time.sleep(0.3)
@@ -244,7 +245,8 @@ def test_a_stalled_servo_reply_is_survived_and_the_arm_resumes_from_rest(xarm_em
     assert status.fault == "" and status.overruns >= 1
     targets = emulator.servo_targets()
     times = np.array([t[0] for t in targets])
-    gap = int(np.argmax(np.diff(times)))
+    # the stall is the first long gap after the fault went in (a loaded machine can add others before)
+    gap = injected - 1 + int(np.argmax(np.diff(times[injected - 1:]) > 0.18))
     assert np.diff(times)[gap] > 0.18
     q = np.array([t[1:] for t in targets])
     before = np.abs(q[gap] - q[gap - 1]).max()
@@ -272,7 +274,10 @@ def test_a_slow_gripper_never_holds_up_the_servo_stream(xarm_emulator, loops):
     assert accepted >= 0.7 * 100 * elapsed  # not ~11/s, as it would be with a 90 ms gripper call per tick
     diagnostics = loop.backend_diagnostics()
     assert float(diagnostics["gripper_round_trip_max_ms"]) >= 85
-    assert loop.status().max_tick_s < 0.08 and loop.status().fault == ""
+    # a gripper call on the servo thread would leave a >= 85 ms hole in the stream at each of the 8 changes;
+    # a loaded machine may add a stray one or two
+    times = np.array([t[0] for t in emulator.servo_targets()[start:]])
+    assert np.count_nonzero(np.diff(times) >= 0.085) <= 2 and loop.status().fault == ""
 
 
 def test_teaching_mode_through_the_sdk(xarm_emulator, loops):
