@@ -186,9 +186,16 @@ def sim_clock_node(world, sim: SimNode, context=None) -> Node:
 
 def _emulated_controller(sim: SimNode):
     """An xArm controller emulator, started on a free loopback address, whose arm is `sim`'s world."""
+    from evo1_ros.nodes.driver import READ_ONLY as DRIVER_PARAMETERS
     from evo1_ros.xarm_emulator import EmulatorConfig, XArmEmulator, free_loopback_address
 
-    emulator = XArmEmulator(EmulatorConfig(ip=free_loopback_address(), arm="sim"), sim.world, sim.speed).start()
+    # A real control box is a real-time machine of its own. Here its threads share this process and
+    # the CPU with the cameras' software rendering: at normal priority a loaded machine starves the
+    # report stream for longer than the driver's report timeout and the driver stops the arm (seen
+    # at load average 10 on 2 cores). So they run SCHED_FIFO (where permitted) at the servo thread's.
+    priority = DRIVER_PARAMETERS["realtime_priority"][0]
+    config = EmulatorConfig(ip=free_loopback_address(), arm="sim", realtime_priority=priority)
+    emulator = XArmEmulator(config, sim.world, sim.speed).start()
     sim.get_logger().info(f"sim through the xArm SDK: emulated xArm controller on {emulator.config.ip} "
                           f"(ports 502, 30001-30003); the driver connects there with backend xarm_sdk")
     return emulator
