@@ -3,6 +3,7 @@
     ros2 launch evo1_ros xarm6_inference.launch.py robot_ip:=192.168.1.xxx checkpoint:=/path/to/ckpt \
         cameras:=base:_123456789012,wrist:_234567890123 instruction:="put the can in the box" rviz:=true
     ros2 launch evo1_ros xarm6_inference.launch.py use_sim:=true checkpoint:=/path/to/ckpt
+    ros2 launch evo1_ros xarm6_inference.launch.py use_sim:=true sim_through_sdk:=true checkpoint:=/path/to/ckpt
 
 Which nodes start with which parameters is decided in `evo1_ros.graphs.launch`, which
 `evo1-ros launch xarm6_inference name:=value ...` runs in one process on machines without ROS 2 launch.

@@ -9,11 +9,9 @@ one of them could not be imported fails its test.
 
 import importlib
 import importlib.util
-import itertools
 import os
 import random
 import re
-import socket
 
 import pytest
 
@@ -75,31 +73,17 @@ def pytest_make_collect_report(collector):
 
 # --- the xArm controller emulator ----------------------------------------------------------------
 
-# Every emulated controller gets an address of its own in 127/8 (all loopback on Linux): random per
-# session, so test runs of several engineers on one machine do not meet on the same address.
-_addresses = itertools.count(1)
-_network = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
-
-
 def free_loopback_address() -> str:
-    """A loopback address whose controller ports are free here; skips without the right to port 502."""
-    for _ in range(20):
-        ip = f"{_network}.{next(_addresses) % 254 + 1}"
-        probe = socket.socket()
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((ip, 502))
-            return ip
-        except PermissionError:
-            reason = "the xArm emulator listens on port 502: needs root or CAP_NET_BIND_SERVICE (README)"
-            if REQUIRE_ALL:  # CI runs as root: there, the emulator tests must run
-                pytest.fail(f"EVO1_ROS_REQUIRE_ALL=1: {reason}")
-            pytest.skip(reason)
-        except OSError:  # taken: try the next address
-            continue
-        finally:
-            probe.close()
-    raise RuntimeError("no free loopback address for an emulated controller")
+    """A loopback address of its own for an emulated controller (drawn at random in 127/8, so that
+    test runs of several engineers on one machine do not meet); skips without the right to port 502."""
+    from evo1_ros.xarm_emulator import free_loopback_address as draw
+
+    try:
+        return draw()
+    except PermissionError as e:
+        if REQUIRE_ALL:  # CI runs as root: there, the emulator tests must run
+            pytest.fail(f"EVO1_ROS_REQUIRE_ALL=1: {e}")
+        pytest.skip(str(e))
 
 
 @pytest.fixture

@@ -57,6 +57,21 @@ def test_sim_replaces_cameras_and_driver_with_one_process():
         xarm6_inference({"use_sim": "true", "cameras": "base,side"})
 
 
+def test_sim_through_the_sdk_runs_the_driver_on_xarm_sdk_beside_the_sim():
+    graph = xarm6_inference({"use_sim": "true", "sim_through_sdk": "true"})
+    (sim, inference) = graph.processes
+    assert (sim.executable, sim.bring_up) == ("sim_node", "evo1_ros.nodes.sim:bring_up")  # one process, one bringup
+    assert [(node.name, node.parameters) for node in sim.nodes] == [
+        ("evo1_sim", {"through_sdk": True}), ("xarm6_driver", {"backend": "xarm_sdk"})]  # robot_ip: the bringup's
+    assert inference.nodes[0].name == "evo1_inference"
+    direct = xarm6_inference({"use_sim": "true"}).processes[0]
+    assert [node.parameters for node in direct.nodes] == [{"through_sdk": False}, {"backend": "sim"}]
+    with pytest.raises(ValueError, match="needs use_sim:=true"):
+        xarm6_inference({"sim_through_sdk": "true"})
+    with pytest.raises(ValueError, match="expected true or false"):
+        xarm6_inference({"use_sim": "true", "sim_through_sdk": "yes please"})
+
+
 @pytest.mark.parametrize("use_sim", ["false", "true"])
 def test_rviz_adds_robot_ghost_and_rviz(use_sim):
     without = xarm6_inference({"use_sim": use_sim, "rviz": "false"})

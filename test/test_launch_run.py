@@ -174,12 +174,18 @@ def launch_command(launcher: str, tmp_path: Path, env: dict) -> list[str]:
             "launch", "evo1_ros", "xarm6_inference.launch.py", "sigterm_timeout:=30"]
 
 
-@pytest.mark.parametrize("use_sim", ["false", "true"], ids=["fake", "sim"])
+@pytest.mark.parametrize("use_sim, through_sdk", [
+    ("false", "false"), ("true", "false"), pytest.param("true", "true", marks=pytest.mark.slow)],
+    ids=["fake", "sim", "sim_through_sdk"])
 @pytest.mark.parametrize("launcher", ["evo1-ros", "ros2"])
-def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
+def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, through_sdk, tmp_path, request):
     if use_sim == "true":
         pytest.importorskip("mujoco")
         pytest.importorskip("evo1_ros.nodes.sim")
+    if through_sdk == "true":
+        from conftest import free_loopback_address
+
+        free_loopback_address()  # skips where port 502 is out of reach
     env = dict(os.environ)
     command = launch_command(launcher, tmp_path, env)  # skips first when there is no ros2 launch
     checkpoint = request.getfixturevalue("checkpoint")
@@ -187,7 +193,8 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
     rviz = launcher == "ros2" and use_sim == "false"
     env["RVIZ2_ARGV"] = str(tmp_path / "rviz2_argv")
     command += [f"rviz:={str(rviz).lower()}",
-        f"use_sim:={use_sim}", f"checkpoint:={checkpoint}", "instruction:=put the can in the box",
+        f"use_sim:={use_sim}", f"sim_through_sdk:={through_sdk}", f"checkpoint:={checkpoint}",
+        "instruction:=put the can in the box",
         "control_rate:=1", f"params_file:={params_file(tmp_path)}", "cameras:=base,wrist"]
     probe = Probe(feed_images=use_sim == "false")
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -221,6 +228,9 @@ def test_graph_runs_and_stops_on_ctrl_c(launcher, use_sim, tmp_path, request):
     log = "".join(output)
     assert rc == 0, log[-4000:]
     assert "Traceback" not in log, log[-4000:]
+    if through_sdk == "true":  # the driver reached the sim arm through the SDK and the emulator
+        assert re.search(r"emulated xArm controller on 127\.[\d.]+ .*\n(.*\n)*.*xarm_sdk backend connected", log), \
+            log[-4000:]
     if launcher != "evo1-ros":  # each node process's own main handles the SIGINT that ros2 launch passes on
         executables = ["sim_node"] if use_sim == "true" else ["xarm6_driver", "robot_state_publisher", "rviz2"]
         for executable in executables + ["inference_node"]:

@@ -211,6 +211,48 @@ def test_sim_arm_is_stepped_by_the_controller():
     assert np.allclose(world.joint_positions()[1:], start[1:], atol=0.02)
 
 
+def test_sim_episode_reset_pauses_the_controller_until_the_client_starts_over():
+    """A sim reset puts the world's arm back at HOME: the controller must not drag it back to the
+    last episode's target, nor take a command sent for that episode, nor call the client's next
+    stream (from HOME) a speeding arm."""
+    pytest.importorskip("mujoco")
+    from evo1_ros.sim.world import SimWorld
+    from evo1_ros.xarm_emulator.arms import SimArm
+
+    world = SimWorld(image_size=32)
+    clock = Clock()
+    c = Controller(SimArm(world), clock)
+    make_ready(c)
+    far = xarm6.HOME + [0.6, 0.0, -0.3, 0.0, 0.0, 0.0]
+    for q in np.linspace(xarm6.HOME, far, 200):  # 2 s at 100 Hz
+        clock.now += 0.01
+        assert c.handle(Register.MOVE_SERVOJ, servoj(q))[0] == 0
+        c.cycle(0.005)
+        c.cycle(0.005)
+    cycle(c, clock, 0.5)
+    assert np.abs(world.joint_positions() - far).max() < 0.02
+
+    world.reset(seed=3)
+    accepted = len(c.servo_log)
+    clock.now += 0.01
+    assert c.handle(Register.MOVE_SERVOJ, servoj(far))[0] == 0  # sent for the last episode: ignored
+    cycle(c, clock, 0.3)
+    assert np.abs(world.joint_positions() - xarm6.HOME).max() < 0.01  # not dragged back
+    assert (c.mode, c.state, c.error) == (1, 3, 0) and len(c.servo_log) == accepted
+    assert "new sim episode" in c.events[-1][1]
+    # the client starts over (as the driver's recover does): servo mode, ready, a stream from HOME
+    make_ready(c)
+    q = xarm6.HOME.copy()
+    for _ in range(50):
+        q[0] += 0.004  # 0.4 rad/s
+        clock.now += 0.01
+        assert c.handle(Register.MOVE_SERVOJ, servoj(q))[0] == 0
+        c.cycle(0.005)
+        c.cycle(0.005)
+    cycle(c, clock, 0.3)
+    assert c.error == 0 and world.joint_positions()[0] == pytest.approx(q[0], abs=0.02)
+
+
 # --- the unmodified SDK over TCP ----------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """`evo1-ros demo`: the whole graph in the MuJoCo sim, headless, recorded.
 
 Runs the xarm6_inference graph with `use_sim:=true` in this process (sim_node + driver on the sim
-backend + inference node, over DDS) for `--seconds`, records the camera frames the inference node
+backend, or with `--through-sdk` on the xArm SDK to an emulated controller, + inference node, over
+DDS) for `--seconds`, records the camera frames the inference node
 subscribes to, and writes to `--out`: demo.mp4 (cameras side by side; demo.gif where OpenCV has no
 MP4 encoder), contact_sheet.png and summary.json (achieved control rate, inference latency,
 chunks, success).
@@ -58,6 +59,9 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     # per-tick velocity and acceleration bounds tighten accordingly: 1 keeps the real limits.
     parser.add_argument("--speed", type=float, default=1.0,
                         help="--sim-time: physics pace between frames, sim seconds per wall second (default 1)")
+    parser.add_argument("--through-sdk", action="store_true",
+                        help="the driver reaches the sim arm as it would a real xArm: backend xarm_sdk, through "
+                             "the xArm SDK to an emulated controller (default: the sim backend directly)")
 
 
 def inference_overrides(args) -> dict:
@@ -144,7 +148,8 @@ def run(args) -> int:
         try:
             graph = SimGraph(checkpoint, args.instruction or task.instruction, args.image_size, args.fps,
                              args.control_rate, args.seed, inference_overrides(args), record_cameras=True,
-                             sim_time=args.sim_time, speed=args.speed, task=task.name, scene=args.scene)
+                             sim_time=args.sim_time, speed=args.speed, task=task.name, scene=args.scene,
+                             through_sdk=args.through_sdk)
         except RuntimeError as e:  # a node failed to start (bad checkpoint, ...): its name and why
             print(f"evo1-ros demo: {e}", file=sys.stderr)
             return 1
@@ -174,6 +179,7 @@ def run(args) -> int:
         "checkpoint": str(checkpoint), "random_weights": random_weights,
         "instruction": graph.inference.instruction, "seed": args.seed, "task": task.name,
         "scene": graph.world.scene.name, "clock": "sim" if args.sim_time else "wall", "seconds": round(elapsed, 2),
+        "through_sdk": args.through_sdk,
         "image_size": args.image_size, "target_fps": args.fps,
         "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "achieved_control_rate_hz": None if control_rate is None else round(control_rate, 2),

@@ -16,12 +16,14 @@ Reports per task and scene: success rate with its Wilson 95 % interval, mean epi
 success, or the time limit) and action smoothness: the mean absolute jerk of the commanded joint
 trajectory (the first target of every trajectory window the inference node sends the driver).
 `--checkpoint expert` puts the scripted expert, which reads the object poses from the world, in
-the policy's seat: a check of the graph, its timing and the success detectors.
+the policy's seat: a check of the graph, its timing and the success detectors. `--through-sdk`
+puts the real arm's path between driver and sim arm (xarm_sdk backend, SDK, emulated controller).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -79,6 +81,12 @@ def run_episode(graph, max_seconds: float, watched: list) -> dict:
 
 
 def run(args) -> int:
+    results_out = sys.stdout  # the JSON's: with --through-sdk the xArm SDK prints its chatter there, sent to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.through_sdk else contextlib.nullcontext():
+        return _run(args, results_out)
+
+
+def _run(args, results_out) -> int:
     from tqdm import tqdm
 
     from evo1_ros.sim import seeds as protocol
@@ -114,7 +122,7 @@ def run(args) -> int:
     try:
         graph = SimGraph(args.checkpoint, instruction[task0.name], args.image_size, args.fps, args.control_rate,
                          first, inference_overrides(args), sim_time=args.sim_time, speed=args.speed,
-                         task=task0.name, scene=scene0.name)
+                         task=task0.name, scene=scene0.name, through_sdk=args.through_sdk)
     except RuntimeError as e:  # a node failed to start (bad checkpoint, ...): its name and why
         print(f"evo1-ros eval: {e}", file=sys.stderr)
         return 1
@@ -139,6 +147,7 @@ def run(args) -> int:
         "seeds": {"first": first, "last": last, "range": seed_range.name if seed_range else None,
                   "protocol": {r.name: [r.first, r.stop - 1] for r in protocol.SEED_RANGES.values()}},
         "clock": "sim" if args.sim_time else "wall", "speed": args.speed if args.sim_time else None,
+        "through_sdk": args.through_sdk,
         "max_seconds": args.max_seconds, "success_hold_seconds": SUCCESS_HOLD_S,
         "image_size": args.image_size, "fps": args.fps, "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
         "inference": {"backend": graph.inference.get_parameter("backend").value,
@@ -148,7 +157,7 @@ def run(args) -> int:
         "runs": runs,
     }
     text = json.dumps(results, indent=2)
-    print(text)
+    print(text, file=results_out)
     print(table(runs), file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

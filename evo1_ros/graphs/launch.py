@@ -28,6 +28,8 @@ PACKAGE = "evo1_ros"
 ARGUMENTS = {  # name: (default, description); an empty value keeps the params file's setting
     "robot_ip": ("", "xArm controller address; empty (without use_sim) = dry run on the fake backend"),
     "use_sim": ("false", "the MuJoCo sim (sim_node) stands in for the arm and the cameras"),
+    "sim_through_sdk": ("false", "with use_sim: the driver reaches the sim arm as it would a real xArm, backend "
+                                 "xarm_sdk through the xArm SDK to an emulated controller in sim_node's process"),
     "checkpoint": ("", "Evo-1 checkpoint directory (empty: the params file's)"),
     "instruction": ("", "language instruction (empty: the params file's)"),
     "cameras": ("", "camera names in policy view-slot order, each optionally name:serial, e.g. "
@@ -124,6 +126,10 @@ def xarm6_inference(arguments: dict[str, str]) -> Graph:
     params_file = args["params_file"] or str(share_directory() / "config" / "evo1.yaml")
     params = yaml.safe_load(Path(params_file).read_text()) or {}
     use_sim, rviz = _flag("use_sim", args["use_sim"]), _flag("rviz", args["rviz"])
+    through_sdk = _flag("sim_through_sdk", args["sim_through_sdk"])
+    if through_sdk and not use_sim:
+        raise ValueError("sim_through_sdk:=true needs use_sim:=true (a real arm is reached through the SDK "
+                         "with robot_ip:=...)")
     notes = []
 
     camera_params = _section(params, "evo1_camera")
@@ -152,10 +158,12 @@ def xarm6_inference(arguments: dict[str, str]) -> Graph:
 
         if unknown := [name for name in names if name not in CAMERAS]:
             raise ValueError(f"the sim has cameras {list(CAMERAS)}; cameras {unknown} do not exist there")
-        # sim_node runs the driver beside the sim, sharing its world: one process, two nodes.
-        processes.append(ProcessSpec("sim_node", (NodeSpec("evo1_sim", SIM),
-                                                  NodeSpec("xarm6_driver", DRIVER, {"backend": "sim"})),
-                                     bring_up=SIM_BRINGUP))
+        # sim_node runs the driver beside the sim, sharing its world: one process, two nodes. Through
+        # the SDK, the process also runs the emulated controller the driver connects to (robot_ip is
+        # the free loopback address it finds).
+        processes.append(ProcessSpec("sim_node", (
+            NodeSpec("evo1_sim", SIM, {"through_sdk": through_sdk}),
+            NodeSpec("xarm6_driver", DRIVER, {"backend": "xarm_sdk" if through_sdk else "sim"})), bring_up=SIM_BRINGUP))
     else:
         if serials or camera_params.get("serials"):
             camera = {"names": names, **({"serials": serials} if serials else {})}

@@ -189,16 +189,18 @@ class SimGraph:
     def __init__(self, checkpoint: str | Path, instruction: str = "", image_size: int = 224,
                  fps: float = 10.0, control_rate: float = 0.0, seed: int = 0, inference: dict | None = None,
                  record_cameras: bool = False, sim_time: bool = False, speed: float = 1.0,
-                 task: str = DEFAULT_TASK, scene: str = "default"):
+                 task: str = DEFAULT_TASK, scene: str = "default", through_sdk: bool = False):
         """checkpoint: a checkpoint directory or "expert"; instruction: "" keeps the params file's;
         seed, task, scene: the first episode's seed (each reset adds one), task and scene (sim_node's
         parameters; `select_episodes` changes them); control_rate 0: the checkpoint's action
         rate (EXPERT_RATE_HZ for the expert); inference: evo1_inference parameters to override;
         sim_time: run on the lockstep world's clock (module doc), physics at `speed` sim seconds
-        per wall second between frames."""
+        per wall second between frames; through_sdk: the driver on the real arm's path, through the
+        xArm SDK to an emulated controller moving the sim arm (`sim_through_sdk:=true`)."""
         if checkpoint == EXPERT:
             control_rate = control_rate or EXPERT_RATE_HZ
-        arguments = {"use_sim": "true", "instruction": instruction, "control_rate": str(control_rate or "")}
+        arguments = {"use_sim": "true", "instruction": instruction, "control_rate": str(control_rate or ""),
+                     "sim_through_sdk": str(through_sdk).lower()}
         if checkpoint != EXPERT:
             arguments["checkpoint"] = str(checkpoint)
         graph = xarm6_inference(arguments)

@@ -11,7 +11,10 @@ demo/eval graph, the recording graph): the sim node, an unmodified `xarm6_driver
 is a `SimBackend` on the same world, episode resets wired to the driver, and on a lockstep world
 the node publishing its clock. The world lives in this process, so `use_sim` starts `sim_node`
 in place of both the driver and the camera node, and the inference node sees exactly the topics
-of the real setup.
+of the real setup. With `through_sdk` the driver takes the real arm's path instead: its
+`xarm_sdk` backend, the unmodified xArm SDK and TCP, to an emulated xArm controller
+(`evo1_ros.xarm_emulator`) that this process runs on a free loopback address and whose arm is
+this world.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Callable
 
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
@@ -48,6 +52,9 @@ PARAMETERS = {
                    apply="_set_scene"),
     "speed": Param(1.0, "physics pace, sim seconds per wall second (1 = real time; on a lockstep world: "
                         "between frames)"),
+    "through_sdk": Param(False, "the driver reaches this world's arm as it would a real xArm: backend xarm_sdk, "
+                                "through the xArm SDK to an emulated controller this process runs on a free "
+                                "loopback address (false: the sim backend directly)"),
 }
 
 
@@ -71,9 +78,10 @@ class SimNode(Node):
         if reason := _episode_settings_refused(p["task"], p["scene"]):
             raise ValueError(f"sim_node: {reason}")
         self.fps, self.speed, self._next_seed = p["fps"], p["speed"], p["seed"]
-        self.task, self.scene = p["task"], p["scene"]
+        self.task, self.scene, self.through_sdk = p["task"], p["scene"], p["through_sdk"]
         self.world = world or shared_world(p["image_size"])
         self.on_reset = on_reset
+        self.emulator = None  # the emulated xArm controller moving this world's arm (`through_sdk`)
 
         self._cameras = [CameraStream(self, name, p["camera_namespace"], self._intrinsics(name)) for name in CAMERAS]
         self._success_pub = self.create_publisher(Bool, "~/success", CAMERA_QOS)  # goes with each frame set
@@ -140,16 +148,23 @@ class SimNode(Node):
     def _on_reset(self, request, response):
         seed, self._next_seed = self._next_seed, self._next_seed + 1
         self.world.reset(seed, self.task, self.scene)
-        if self.on_reset is not None:
-            self.on_reset()
-        response.success = True
         response.message = (f"episode {self.world.episode} (seed {seed}, task {self.world.task.name}, "
                             f"scene {self.world.scene.name})")
+        response.success = True
+        if self.on_reset is not None:
+            try:
+                self.on_reset()
+            except Exception as e:  # e.g. the driver could not re-sync through the SDK: say so, keep serving
+                response.success = False
+                response.message += f"; but re-syncing after the reset failed: {type(e).__name__}: {e}"
+                self.get_logger().error(response.message)
         return response
 
     def destroy_node(self):
         self._stop.set()
         self._thread.join(timeout=2.0)
+        if self.emulator is not None:  # after the driver (destroyed first) let go of it
+            self.emulator.stop()
         return super().destroy_node()
 
 
@@ -169,13 +184,32 @@ def sim_clock_node(world, sim: SimNode, context=None) -> Node:
     return node
 
 
+def _emulated_controller(sim: SimNode):
+    """An xArm controller emulator, started on a free loopback address, whose arm is `sim`'s world."""
+    from evo1_ros.nodes.driver import READ_ONLY as DRIVER_PARAMETERS
+    from evo1_ros.xarm_emulator import EmulatorConfig, XArmEmulator, free_loopback_address
+
+    # A real control box is a real-time machine of its own. Here its threads share this process and
+    # the CPU with the cameras' software rendering: at normal priority a loaded machine starves the
+    # report stream for longer than the driver's report timeout and the driver stops the arm (seen
+    # at load average 10 on 2 cores). So they run SCHED_FIFO (where permitted) at the servo thread's.
+    priority = DRIVER_PARAMETERS["realtime_priority"][0]
+    config = EmulatorConfig(ip=free_loopback_address(), arm="sim", realtime_priority=priority)
+    emulator = XArmEmulator(config, sim.world, sim.speed).start()
+    sim.get_logger().info(f"sim through the xArm SDK: emulated xArm controller on {emulator.config.ip} "
+                          f"(ports 502, 30001-30003); the driver connects there with backend xarm_sdk")
+    return emulator
+
+
 def bring_up(node_kwargs: dict[str, dict] | None = None) -> dict[str, Node]:
-    """sim_node's nodes by name, in start order: `evo1_sim` (a SimNode), `xarm6_driver` (the driver
-    on a SimBackend of the same world at the sim's `speed`) and, when the world is a
-    `LockstepWorld`, `sim_clock`. `node_kwargs[name]` go to that node's constructor (context,
-    cli_args, parameter_overrides; the sim's `world`). After an episode reset the arm is at HOME,
-    so the driver starts over from there instead of dragging the arm back to where the previous
-    episode ended."""
+    """sim_node's nodes by name, in start order: `evo1_sim` (a SimNode), `xarm6_driver` and, when the
+    world is a `LockstepWorld`, `sim_clock`. The driver runs on a SimBackend of the same world at the
+    sim's `speed`, or, when the sim node's `through_sdk` is set, on its own `xarm_sdk` backend with
+    `robot_ip` at an emulated controller whose arm is that world (`sim.emulator`, stopped with the
+    sim node). `node_kwargs[name]` go to that node's constructor (context, cli_args,
+    parameter_overrides; the sim's `world`). After an episode reset the arm is at HOME, so the
+    driver starts over from there instead of dragging the arm back to where the previous episode
+    ended (through the SDK, the controller ignores motion commands from the reset until then)."""
     from evo1_ros.nodes.driver import start_driver
     from evo1_ros.sim.backend import SimBackend
     from evo1_ros.sim.lockstep import LockstepWorld
@@ -185,7 +219,16 @@ def bring_up(node_kwargs: dict[str, dict] | None = None) -> dict[str, Node]:
     sim = SimNode(**sim_kwargs)
     nodes = {"evo1_sim": sim}
     try:
-        driver = start_driver(SimBackend(sim.world, speed=sim.speed), **node_kwargs.get("xarm6_driver", {}))
+        driver_kwargs = dict(node_kwargs.get("xarm6_driver", {}))
+        if sim.through_sdk:
+            sim.emulator = _emulated_controller(sim)
+            backend = None  # the driver makes its xarm_sdk backend from its parameters, as for a real arm
+            driver_kwargs["parameter_overrides"] = [
+                *driver_kwargs.get("parameter_overrides", []), Parameter("backend", value="xarm_sdk"),
+                Parameter("robot_ip", value=sim.emulator.config.ip)]
+        else:
+            backend = SimBackend(sim.world, speed=sim.speed)
+        driver = start_driver(backend, **driver_kwargs)
         nodes["xarm6_driver"] = driver
         sim.on_reset = lambda: driver.loop.recover()  # the loop of the moment: a re-configure makes a new one
         if isinstance(sim.world, LockstepWorld):

@@ -5,7 +5,15 @@ drive), below the ROS layer, and free of rclpy. `XArmEmulator` runs in this proc
 `EmulatorProcess` runs one in a process of its own (`evo1-ros xarm-emulator --control`).
 """
 
-from evo1_ros.xarm_emulator.emulator import FAULT_HELP, EmulatorConfig, Fault, XArmEmulator, parse_fault
+from evo1_ros.xarm_emulator.emulator import (
+    FAULT_HELP,
+    EmulatorConfig,
+    Fault,
+    XArmEmulator,
+    free_loopback_address,
+    parse_fault,
+)
 from evo1_ros.xarm_emulator.process import EmulatorError, EmulatorProcess
 
-__all__ = ["FAULT_HELP", "EmulatorConfig", "EmulatorError", "EmulatorProcess", "Fault", "XArmEmulator", "parse_fault"]
+__all__ = ["FAULT_HELP", "EmulatorConfig", "EmulatorError", "EmulatorProcess", "Fault", "XArmEmulator",
+           "free_loopback_address", "parse_fault"]

@@ -2,7 +2,8 @@
 limit) or `SimArm` (the MuJoCo world of `evo1_ros.sim`, stepped by the controller's cycle).
 
 Both take the controller's targets (6 joint angles, rad; gripper `drive_joint`, 0 open .. 0.85
-closed) and are advanced by `step(dt)` from the controller's cycle thread only.
+closed) and are advanced by `step(dt)` from the controller's cycle thread only. `take_reset()` tells
+the controller that the arm was put back at its start by someone else (a sim episode reset).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class KinematicArm:
         self._joints = np.array(joints, dtype=float)
         self._target = self._joints.copy()
 
+    def take_reset(self) -> bool:
+        return False  # nothing but the controller moves it
+
     def step(self, dt: float) -> None:
         if dt <= 0:
             return
@@ -58,14 +62,21 @@ class KinematicArm:
 
 class SimArm:
     """A `SimWorld`'s xArm6 as the controller's arm. The controller's cycle steps the physics, so
-    the world must not be stepped by anyone else (no `SimBackend` on it); cameras may render it."""
+    the world must not be stepped by anyone else (no `SimBackend` on it); cameras may render it.
+    Its owner may reset it for a new episode (sim_node's `~/reset`): the arm then stands at HOME,
+    and the arm aims where it stands, since a target of the last episode would drag it back."""
 
     name = "sim"
 
-    def __init__(self, world):
-        self.world = world
+    def __init__(self, world, speed: float = 1.0):
+        """speed: physics pace, sim seconds per second of the controller's cycle (1 = real time)."""
+        if not speed > 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        self.world, self.speed = world, speed
         self._target = world.joint_positions()
         self._gripper_target = world.gripper()
+        self._episode = world.episode  # the episode the targets belong to
+        self._reset_seen = False  # a reset the controller has not been told of
         self._owed = 0.0  # seconds of physics owed to the controller's clock (whole timesteps run)
 
     def set_target(self, joints: np.ndarray) -> None:
@@ -77,13 +88,29 @@ class SimArm:
     def place(self, joints: np.ndarray) -> None:
         raise ValueError("the sim arm moves by physics only; guide the kinematic arm instead")
 
+    def _follow_episode(self) -> None:
+        """With the world's lock held: after a reset, aim where the arm now stands."""
+        if self.world.episode != self._episode:
+            self._episode = self.world.episode
+            self._target, self._gripper_target = self.world.joint_positions(), self.world.gripper()
+            self._reset_seen = True
+
+    def take_reset(self) -> bool:
+        """Whether the world was reset since the last call (the arm is at its start, aiming there)."""
+        with self.world.lock:
+            self._follow_episode()
+        seen, self._reset_seen = self._reset_seen, False
+        return seen
+
     def step(self, dt: float) -> None:
         timestep = self.world.model.opt.timestep
-        self._owed += dt
+        self._owed += dt * self.speed
         steps = int(self._owed / timestep)
         if steps:
-            self.world.set_target(self._target, self._gripper_target)
-            self.world.step(steps * timestep)
+            with self.world.lock:  # no reset between looking and aiming (one after aiming sets its own targets)
+                self._follow_episode()
+                self.world.set_target(self._target, self._gripper_target)
+            self.world.step(steps * timestep)  # a LockstepWorld runs what its frames allow: the rest is dropped
             self._owed -= steps * timestep
 
     def joints(self) -> np.ndarray:

@@ -14,6 +14,9 @@ The rules, as UFACTORY documents them for the SDK:
 - an error (raised by a rule or injected) stops the arm and drops it to mode 0 / state 4; it moves
   again only after clean_error, motion_enable, set_mode and set_state(0).
 - the gripper sits behind the RS-485 pass-through as Modbus RTU slave 8.
+- not a rule of the real box: when a sim arm's world starts a new episode, the arm stands at HOME
+  and the controller drops every target it had and pauses (state 3: motion commands are ignored)
+  until `set_state(0)`, so that a command sent for the last episode cannot drag the arm back.
 """
 
 from __future__ import annotations
@@ -197,10 +200,24 @@ class Controller:
         self._servo_reference, self._stream_period = None, None
         self.arm.set_target(self.arm.joints())
 
+    def _notice_arm_reset(self) -> None:
+        """Before anything the controller does: has the arm been put back at its start (a sim episode
+        reset)? Then forget the targets and the servo stream of before, and pause until set_state(0)."""
+        if not self.arm.take_reset():
+            return
+        self._moves.clear()
+        self._move = None
+        self._servo_reference, self._stream_period = None, None
+        self.gripper.target = self.gripper.position()
+        if self._state == READY:
+            self._state = PAUSED
+        self._log("the arm was put back at its start (a new sim episode): paused until set_state(0)")
+
     # --- the cycle ------------------------------------------------------------------------------
 
     def cycle(self, dt: float) -> None:
         with self.lock:
+            self._notice_arm_reset()
             if self._move is None and self._moves and self._state == READY:
                 goal, speed = self._moves.popleft()
                 start = self.arm.joints()
@@ -212,12 +229,14 @@ class Controller:
                 if elapsed >= duration:
                     self._move = None
             self.arm.step(dt)
+            self._notice_arm_reset()  # one the step saw
 
     # --- commands -------------------------------------------------------------------------------
 
     def handle(self, register: int, payload: bytes) -> tuple[int, bytes]:
         """(status byte, reply payload) for one command."""
         with self.lock:
+            self._notice_arm_reset()
             try:
                 handler = self._HANDLERS.get(register)
                 result = handler(self, payload) if handler else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -45,6 +46,7 @@ SLOW_REPORT_HZ = 5.0  # the normal and rich streams
 GRIPPER_LATENCY_S = 0.008  # one register access through the RS-485 pass-through (bus + gripper)
 SERVO_REPLY_DELAY_S = 0.19  # the set_servo_angle_j stall xArm users report
 POLL_S = 0.05  # how often blocked connection threads look up from their socket
+PORT_502_HINT = "ports below 1024 need root or CAP_NET_BIND_SERVICE: see the README's 'xArm controller emulator'"
 
 FAULT_HELP = """faults: NAME[:VALUE][@SECONDS] (SECONDS after the first servo target; without it: at once)
   C22 C23 C24 C31 C35 (any C<code>)  the controller raises that error: the arm stops, mode 0, state 4
@@ -146,16 +148,43 @@ def _realtime(priority: int) -> None:
             pass
 
 
+def free_loopback_address(tries: int = 50) -> str:
+    """A loopback address 127.x.y.z, drawn at random so that the emulators of several users, tests
+    or graphs on one machine do not meet, on which every controller port is free now. Raises
+    PermissionError (saying what to do) where port 502 needs privileges this process lacks, OSError
+    when no free address turns up."""
+    draw = random.SystemRandom()
+    for _ in range(tries):
+        ip = f"127.{draw.randint(1, 254)}.{draw.randint(0, 255)}.{draw.randint(1, 254)}"
+        probes = []
+        try:
+            for port in (COMMAND_PORT, *REPORT_PORTS.values()):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((ip, port))
+            return ip
+        except PermissionError:
+            raise PermissionError(f"the xArm emulator listens on port {COMMAND_PORT} ({PORT_502_HINT})") from None
+        except OSError:  # taken: try another address
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise OSError(f"no loopback address with the xArm controller's ports free after {tries} tries")
+
+
 class XArmEmulator:
-    def __init__(self, config: EmulatorConfig = EmulatorConfig(), world=None):
-        """world: the SimWorld the `sim` arm drives (default: a new one); ignored by `kinematic`."""
+    def __init__(self, config: EmulatorConfig = EmulatorConfig(), world=None, speed: float = 1.0):
+        """world: the SimWorld the `sim` arm drives (default: a new one), speed: its physics pace (sim
+        seconds per wall second); both ignored by `kinematic`."""
         self.config = config
         if config.arm == "sim":
             if world is None:
                 from evo1_ros.sim.world import SimWorld
 
                 world = SimWorld(image_size=64)
-            arm = SimArm(world)
+            arm = SimArm(world, speed)
         else:
             arm = KinematicArm(config.initial_joints)
         self.controller = Controller(arm)
@@ -181,8 +210,7 @@ class XArmEmulator:
                 try:
                     listener.bind((self.config.ip, port))
                 except OSError as e:
-                    hint = (" (ports below 1024 need root or CAP_NET_BIND_SERVICE: see the README's "
-                            "'xArm controller emulator')" if port < 1024 and e.errno == 13 else "")
+                    hint = f" ({PORT_502_HINT})" if port < 1024 and e.errno == 13 else ""
                     raise OSError(e.errno, f"cannot listen on {self.config.ip}:{port}: {e.strerror}{hint}") from None
                 listener.listen(4)
                 listener.settimeout(POLL_S)
