@@ -11,7 +11,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from evo1_ros.graphs.demo import SHEET_COLUMNS, SHEET_ROWS, Recording  # noqa: E402
-from evo1_ros.sim.metrics import commanded_path, mean_abs_jerk  # noqa: E402
+from evo1_ros.sim.metrics import commanded_path, largest_seam_jump, mean_abs_jerk  # noqa: E402
 
 
 def frame_set(i, size=32):
@@ -69,6 +69,26 @@ def test_jerk_of_jittery_windows_is_the_plans():
     assert mean_abs_jerk(firsts, np.stack([firsts**3] * 6, axis=1), dt) > 7.0
 
 
+def test_largest_seam_jump_is_where_a_new_plan_takes_over():
+    """Windows of one plan agree wherever they overlap: no jump, however the ticks fall. A new plan
+    offset by 0.2 rad, or one that starts after the old ran out (the arm held its last target), shows
+    as that jump."""
+    dt = 0.1
+    plan_t = dt * np.arange(40)
+    plan_q = np.stack([np.sin(plan_t)] * 6, axis=1)
+    ticks = dt * np.arange(30) + 0.03
+    windows = [(plan_t[plan_t > now][:16], plan_q[plan_t > now][:16]) for now in ticks]
+    assert largest_seam_jump(windows) == pytest.approx(0.0, abs=1e-12)
+    seam = 12  # from this tick on, a new plan: the old one plus 0.2 rad on joint 3
+    shifted = [(t, q + np.where(np.arange(6) == 2, 0.2, 0.0)) for t, q in windows[seam:]]
+    assert largest_seam_jump(windows[:seam] + shifted) == pytest.approx(0.2)
+    # The old plan ends at 1.0 s (held there); the next window starts 0.5 s later, further along.
+    ended = (plan_t[:11], plan_q[:11])
+    later = (plan_t[15:25], plan_q[15:25])
+    assert largest_seam_jump([ended, later]) == pytest.approx(np.sin(1.5) - np.sin(1.0))
+    assert largest_seam_jump(windows[:1]) is None
+
+
 DEMO_SEED = 2  # a scene the bundled checkpoint solves on sim time (README)
 
 
@@ -91,6 +111,12 @@ def test_demo_solves_a_scene_headless_on_sim_time(tmp_path):
     assert summary["seconds"] == pytest.approx(12.0, abs=0.5)
     assert summary["chunks"] >= 2 and summary["inference_latency_ms"]["p50"] > 0
     assert summary["achieved_control_rate_hz"] > 0  # trajectories went out on the driver's topic
+    # The checkpoint plays each chunk whole (request_threshold 0): the next is asked for only when
+    # the plan has run out, so seams cost ticks with nothing to send, and the demo counts them.
+    assert summary["stalls"] >= 1 and summary["achieved_control_rate_fraction"] >= 0.85
+    assert 0 < summary["largest_seam_jump_rad"] < 0.5
+    assert summary["inference"]["backend"] in ("onnx", "torch")  # auto, said which
+    assert "stalls after the first chunk; largest jump at a chunk seam" in proc.stdout
     assert summary["frames"] == pytest.approx(120, abs=3)  # 10 fps in sim time: every frame, however slow the CPU
     assert summary["success"] is True
 

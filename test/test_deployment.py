@@ -11,6 +11,7 @@ import pytest
 
 from evo1_ros.model.config import Evo1Config
 from evo1_ros.robot import xarm6
+from evo1_ros.runtime.chunking import RTCConfig
 from evo1_ros.runtime.deployment import (DEPLOYMENT_FILE, Conventions, DeploymentConfig, DeploymentError, Dim,
                                          load_deployment, migrate, xarm6_dims)
 
@@ -68,6 +69,10 @@ def test_bgr_checkpoints_get_their_views_flipped():
     ({"noise_scale": -0.1}, "noise_scale must be in"),
     ({"action_rate_hz": -10}, "action_rate_hz must be"),
     ({"sampler": "ddim"}, "unknown keys"),
+    ({"chunk_mode": "rtc", "rtc": {"execution_horizon": 0}}, "rtc: execution_horizon must be a whole number"),
+    ({"rtc": {"max_guidance_weight": -1}}, "rtc: max_guidance_weight must be finite and >= 0"),
+    ({"rtc": {"schedule": "exp"}}, "rtc: unknown RTC schedule 'exp'"),
+    ({"rtc": {"horizon": 8}}, "rtc: .*unexpected keyword argument 'horizon'"),
 ])
 def test_bad_deployment_settings_are_refused_naming_the_problem(tmp_path, settings, words):
     (tmp_path / DEPLOYMENT_FILE).write_text(json.dumps(settings))
@@ -82,6 +87,10 @@ def test_deployment_settings_round_trip_and_default_when_absent(tmp_path):
                                 instructions=["open the drawer"], conventions=REFERENCE)
     settings.save(tmp_path)
     assert load_deployment(tmp_path) == settings
+    rtc = DeploymentConfig(chunk_mode="rtc", rtc={"execution_horizon": 6, "max_guidance_weight": 4.0})
+    assert rtc.rtc == RTCConfig(execution_horizon=6, max_guidance_weight=4.0)  # the rest: RTCConfig's defaults
+    rtc.save(tmp_path)
+    assert load_deployment(tmp_path) == rtc
     (tmp_path / DEPLOYMENT_FILE).write_text("{not json")
     with pytest.raises(DeploymentError, match="not valid JSON"):
         load_deployment(tmp_path)

@@ -37,9 +37,13 @@ def test_expert_through_the_graph_succeeds(tmp_path):
     assert 0 < run["mean_abs_jerk_rad_s3"] < 100
     assert run["achieved_control_rate_hz"] > 7.5  # 15 Hz asked: at least half of it on a loaded 2-core machine
     assert "eval" in proc.stderr  # the progress bar
-    # The run reports the inference settings it ran with (here the params file's).
-    assert results["inference"] == {"backend": "torch", "chunk_mode": "crossfade", "request_threshold": 0.5,
-                                    "noise_scale": -1.0}
+    # The run reports the inference settings it ran with (here the params file's; the expert is no
+    # engine, so there is no backend).
+    assert results["inference"] == {"backend": None, "chunk_mode": "crossfade", "request_threshold": 0.5,
+                                    "extra_latency_ms": 0.0, "noise_scale": -1.0}
+    # Its plan is asked for again with half a chunk left and arrives at once: the arm never waits.
+    assert run["stalls"] == 0 and all(e["stalls"] == 0 for e in episodes)
+    assert 0 <= run["largest_seam_jump_rad"] < 0.5
 
 
 @pytest.mark.slow
@@ -130,13 +134,21 @@ def test_mixed_scene_eval_switches_task_and_instruction_and_watches_both_detecto
     (["--task", "pour_cup", "--scene", "mixed"], "tasks it takes: pick_place_can, place_at_target"),
     (["--seeds", "holdout"], "known: dev, train, test"),
     (["--seeds", "dev+995", "--episodes", "10"], "straddle"),
+    (["--extra-latency-ms", "-5"], "extra latency must be a finite number of ms >= 0, got -5.0"),
+    (["--extra-latency-ms", "nan"], "extra latency must be a finite number of ms >= 0, got nan"),
+    (["--extra-latency-ms", "soon"], "'soon' is not a number of milliseconds"),
+    (["--rtc-schedule", "cosine"], "invalid choice: 'COSINE'"),
 ])
 def test_bad_names_and_seeds_are_refused_before_anything_starts(arguments, words):
     from evo1_ros.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert main(["eval", "--checkpoint", "expert", *arguments]) == 2
+        try:
+            code = main(["eval", "--checkpoint", "expert", *arguments])
+        except SystemExit as e:  # argparse's refusal of a malformed option
+            code = e.code
+    assert code == 2
     assert words in err.getvalue()
 
 
@@ -152,6 +164,10 @@ def test_graph_options_override_only_what_is_given():
                               "--device", "cpu"])
     assert inference_overrides(args) == {"backend": "onnx", "chunk_mode": "open_loop", "request_threshold": 0.2,
                                          "device": "cpu"}
+    args = parser.parse_args(["--chunk-mode", "rtc", "--execution-horizon", "6", "--max-guidance-weight", "5",
+                              "--rtc-schedule", "linear", "--extra-latency-ms", "200"])
+    assert inference_overrides(args) == {"chunk_mode": "rtc", "execution_horizon": 6, "max_guidance_weight": 5.0,
+                                         "rtc_schedule": "LINEAR", "extra_latency_ms": 200.0}
 
 
 @pytest.mark.slow  # a minute on a loaded 2-core machine: sim world, DDS and torch start before the failure

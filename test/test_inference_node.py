@@ -341,6 +341,15 @@ def test_chunk_execution_is_the_checkpoints_unless_the_parameters_say(rig_factor
     assert (scheduler.mode, scheduler.request_threshold) == ("temporal_ensemble", 0.25)
     scheduler = rig_factory(RampPolicy(), "ck_none").node.scheduler  # no preference: the node's defaults
     assert (scheduler.mode, scheduler.request_threshold) == ("crossfade", 0.5)
+    # The RTC settings likewise: the checkpoint's, each replaced by a parameter that is set.
+    from evo1_ros.runtime.chunking import RTCConfig
+
+    policy = RTCRampPolicy()
+    policy.chunk_mode, policy.rtc_config = "rtc", RTCConfig(execution_horizon=5, max_guidance_weight=3.0,
+                                                            schedule="LINEAR")
+    assert rig_factory(policy, "ck_rtc").node.scheduler.rtc == policy.rtc_config
+    scheduler = rig_factory(policy, "ck_rtc_set", rtc_schedule="ones").node.scheduler
+    assert scheduler.rtc == RTCConfig(execution_horizon=5, max_guidance_weight=3.0, schedule="ONES")
 
 
 def test_pause_resume_and_instruction_at_run_time(rig_factory):
@@ -651,3 +660,191 @@ def test_reference_convention_checkpoint_gets_radians_and_returns_radians(rig_fa
     expected = np.append(np.deg2rad(chunk[-1, :6]), xarm6.GRIPPER_CLOSED * (1 - chunk[-1, 6] / xarm6.SDK_GRIPPER_OPEN))
     np.testing.assert_allclose(ghost, expected, atol=1e-4)
     assert np.abs(chunk[-1, :6]).max() > 1.0  # the policy really spoke degrees: read raw, they would be wrong
+
+
+class RTCRampPolicy(RampPolicy):
+    """A RampPolicy that can run real-time chunking and records the RTC inputs of every call."""
+
+    rtc_refusal = None
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.rtc = []  # per call: its RTCInputs, or None for a plain chunk
+
+    def predict_chunk(self, images, state, instruction, rtc=None):
+        self.rtc.append(rtc)
+        return super().predict_chunk(images, state, instruction)
+
+
+def test_rtc_mode_asks_every_execution_horizon_with_the_plan_and_the_measured_delay(rig_factory):
+    # 16-step chunks at 30 Hz, a chunk every 6 actions, each taking 3 ticks (100 ms): the node must
+    # pass every request after the first the plan it will replace and d, the steps that execute
+    # before the chunk lands, as it measured them.
+    s = 6
+    policy = RTCRampPolicy(delay=3 / RATE)
+    rig = rig_factory(policy, "rtc", chunk_mode="rtc", execution_horizon=s, max_guidance_weight=4.0,
+                      rtc_schedule="linear", max_observation_age_ms=1000.0)
+    time.sleep(3.0)
+    rig.feeding = False
+    assert policy.rtc[0] is None  # nothing planned yet: a plain chunk
+    guided = [(call, rtc) for call, rtc in zip(policy.calls, policy.rtc) if rtc is not None]
+    assert len(guided) >= 8 and len(guided) >= len(policy.calls) - 2
+    for call, rtc in guided:
+        assert (rtc.config.execution_horizon, rtc.config.max_guidance_weight, rtc.config.schedule) == (s, 4.0, "LINEAR")
+        # The plan at the new chunk's steps: the ramp every chunk predicts, from about when it was asked
+        # for, as far as the plan reaches (H - s steps past a request on time; fewer after a late tick).
+        assert 4 <= len(rtc.prefix) <= 16 - s
+        # (Row 0 may hold the plan's first value: a chunk that lands late is asked after at once.)
+        np.testing.assert_allclose(np.diff(rtc.prefix[1:], axis=0), SLOPE / RATE, atol=1e-6)
+        assert np.abs(rtc.prefix[1] - policy.q(call[0])).max() < 3 * SLOPE / RATE
+        # d covers the 100 ms a chunk takes (3 steps at least), and little more on a loaded machine.
+        assert 3 <= rtc.delay <= 10
+    # One request every s executed actions: the chunks' call times s ticks apart (each lands in
+    # time, so the timer asks exactly when s steps of the newest chunk have passed).
+    starts = np.array([call[0] for call, _ in guided])
+    assert abs(np.median(np.diff(starts)) - s / RATE) < 1.5 / RATE
+    assert rig.node.stalls == 0
+    level, message, values = diagnostics(rig)
+    assert values["execution_horizon"] == str(s) and values["rtc_schedule"] == "LINEAR"
+    assert values["max_guidance_weight"] == "4" and 3 <= int(values["rtc_delay_steps"]) <= 10
+    assert 100 <= float(values["rtc_delay_ms"]) < 1000 and values["stalls"] == "0"
+
+
+def set_parameters(rig, atomically=False, **values):
+    """Set parameters of the inference node through its parameter services, as `ros2 param set`
+    does; the results (successful, reason) per parameter, or one for an atomic set."""
+    from rcl_interfaces.srv import SetParameters, SetParametersAtomically
+
+    kind, name = (SetParametersAtomically, "set_parameters_atomically") if atomically else (SetParameters,
+                                                                                            "set_parameters")
+    client = rig.io.create_client(kind, f"{rig.node.get_namespace()}/evo1_inference/{name}")
+    assert client.wait_for_service(timeout_sec=5.0)
+    request = kind.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+    future = client.call_async(request)
+    deadline = time.time() + 5.0
+    while not future.done() and time.time() < deadline:
+        time.sleep(0.01)
+    response = future.result()
+    results = [response.result] if atomically else response.results
+    return [(r.successful, r.reason) for r in results]
+
+
+class OnnxLikePolicy(RTCRampPolicy):
+    rtc_refusal = "the onnx backend cannot run real-time chunking: its exported head has no gradient"
+
+
+def test_rtc_settings_that_cannot_work_are_refused_at_start_and_when_set(rig_factory):
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        for policy, params, words in [
+            (RTCRampPolicy(), dict(execution_horizon=20), "execution_horizon 20 is longer than the chunk (16"),
+            (RTCRampPolicy(), dict(max_guidance_weight=-1.0), "max_guidance_weight must be finite and >= 0"),
+            (RTCRampPolicy(), dict(max_guidance_weight=float("nan")), "max_guidance_weight must be finite"),
+            (RTCRampPolicy(), dict(rtc_schedule="cosine"), "unknown RTC schedule 'COSINE'"),
+            (RampPolicy(), {}, "chunk_mode rtc refused: RampPolicy takes no real-time chunking inputs"),
+            (OnnxLikePolicy(), {}, "chunk_mode rtc refused: the onnx backend cannot run real-time chunking"),
+            (RTCRampPolicy(), dict(extra_latency_ms=-5.0), "extra latency must be a finite number of ms >= 0"),
+            (RTCRampPolicy(), dict(extra_latency_ms=float("nan")), "extra latency must be a finite number"),
+        ]:
+            with pytest.raises(ValueError, match=words.replace("(", r"\(")):
+                InferenceNode(policy=policy, context=context, parameter_overrides=[
+                    Parameter(k, value=v) for k, v in {"chunk_mode": "rtc", **params}.items()])
+    finally:
+        rclpy.shutdown(context=context)
+
+    rig = rig_factory(RTCRampPolicy(), "rtcset", chunk_mode="rtc")
+    scheduler = rig.node.scheduler
+    before = scheduler.rtc
+    assert (before.execution_horizon, before.max_guidance_weight, before.schedule) == (8, 10.0, "EXP")
+    for name, value, words in [("execution_horizon", 17, "execution_horizon 17 is longer than the chunk"),
+                               ("execution_horizon", 0, "execution_horizon must be a whole number of actions >= 1"),
+                               ("max_guidance_weight", -0.5, "max_guidance_weight must be finite and >= 0"),
+                               ("rtc_schedule", "cosine", "unknown RTC schedule 'COSINE'"),
+                               ("extra_latency_ms", -1.0, "extra latency must be")]:
+        [(ok, reason)] = set_parameters(rig, **{name: value})
+        assert not ok and reason.startswith(f"{name}: ") and words in reason, reason
+    assert scheduler.rtc is before and rig.node.policy.extra_latency_ms == 0.0
+    # Accepted changes reach the scheduler, all of a request at once; a request with one refused
+    # value changes nothing (the parameters keep their values, the scheduler its settings).
+    assert set_parameters(rig, execution_horizon=4) == [(True, "")]
+    assert set_parameters(rig, rtc_schedule="ones") == [(True, "")]
+    assert (scheduler.rtc.execution_horizon, scheduler.rtc.schedule) == (4, "ONES")
+    [(ok, reason)] = set_parameters(rig, atomically=True, execution_horizon=6, max_guidance_weight=-2.0)
+    assert not ok and "max_guidance_weight must be finite and >= 0" in reason
+    assert scheduler.rtc.execution_horizon == 4 and rig.node.get_parameter("execution_horizon").value == 4
+    assert set_parameters(rig, atomically=True, execution_horizon=6, max_guidance_weight=2.5) == [(True, "")]
+    assert (scheduler.rtc.execution_horizon, scheduler.rtc.max_guidance_weight) == (6, 2.5)
+
+    # In another chunk mode the RTC settings would do nothing: a change is refused, not ignored.
+    rig = rig_factory(RTCRampPolicy(), "rtcoff", chunk_mode="crossfade")
+    [(ok, reason)] = set_parameters(rig, execution_horizon=4)
+    assert not ok and "acts only in chunk_mode rtc; this node runs crossfade" in reason
+
+
+def test_extra_latency_delays_every_chunk_and_changes_at_run_time(rig_factory):
+    policy = RampPolicy()
+    rig = rig_factory(policy, "late", extra_latency_ms=250.0, request_threshold=0.9, max_observation_age_ms=1000.0)
+    time.sleep(2.0)
+    # Observation -> first action: the chunk's own (instant) time plus the 250 ms, plus a tick.
+    late = list(rig.node.obs_to_action)
+    assert len(late) >= 3 and min(late) >= 0.25
+    assert set_parameters(rig, extra_latency_ms=0.0) == [(True, "")]
+    time.sleep(0.6)
+    count = len(rig.node.obs_to_action)
+    time.sleep(1.0)
+    assert np.median(list(rig.node.obs_to_action)[count:]) < 0.15
+    assert diagnostics(rig)[2]["extra_latency_ms"] == "0"
+
+
+def test_stalls_count_ticks_with_nothing_to_send_after_the_first_chunk(rig_factory):
+    # Whole 12-step chunks played open loop, the next asked for when one ends, each taking 3 ticks:
+    # at every seam the arm waits about 3 ticks. Asked for with 9 steps left, it never waits.
+    stalling = rig_factory(RampPolicy(chunk_length=12, delay=3 / RATE), "stall", chunk_mode="open_loop",
+                           request_threshold=0.0, max_observation_age_ms=1000.0)
+    smooth = rig_factory(RampPolicy(chunk_length=12, delay=3 / RATE), "nostall", chunk_mode="open_loop",
+                         request_threshold=0.75, max_observation_age_ms=1000.0)
+    time.sleep(2.5)
+    stalling.feeding = smooth.feeding = False
+    seams = len(stalling.node.policy.calls) - 1
+    assert seams >= 3 and stalling.node.stalls >= 2 * seams
+    assert smooth.node.stalls == 0
+    # A pause forgets the episode's first chunk: waiting for the next one after a resume is no stall.
+    assert stalling.call("pause").success
+    stalls = stalling.node.stalls
+    assert stalling.call("resume").success
+    time.sleep(0.5)
+    assert stalling.node.stalls == stalls
+
+
+def test_backend_auto_picks_onnx_on_cpu_and_torch_where_only_it_can(rig_factory, tiny_checkpoint, tmp_path, capfd):
+    import json
+    import shutil
+
+    from evo1_ros.model.checkpoint import load_checkpoint
+    from evo1_ros.runtime.engine import export_onnx
+    from evo1_ros.runtime.policy import choose_backend
+
+    checkpoint = tmp_path / "with_onnx"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "num_steps": 2}))  # a short export
+    model, _ = load_checkpoint(checkpoint)
+    assert choose_backend(checkpoint, "cpu", "crossfade")[0] == "torch"  # no ONNX head yet
+    export_onnx(model, checkpoint / "onnx", num_steps=1)
+    backend, why = choose_backend(checkpoint, "cpu", "crossfade")
+    assert backend == "torch" and "unrolled for 1 Euler steps, the checkpoint samples 2" in why
+    shutil.rmtree(checkpoint / "onnx")
+    export_onnx(model, checkpoint / "onnx", num_steps=2)
+    assert choose_backend(checkpoint, "cpu", "open_loop") == ("onnx", choose_backend(checkpoint, "cpu", None)[1])
+    assert choose_backend(checkpoint, "cuda:0", "open_loop")[0] == "torch"
+    assert choose_backend(checkpoint, "cpu", "open_loop", head_kernels="triton")[0] == "torch"
+    assert "gradient" in choose_backend(checkpoint, "cpu", "rtc")[1]
+
+    # The node takes the same choice and says it: onnx for a plain chunk mode, torch for rtc.
+    onnx = rig_factory(None, "auto_onnx", checkpoint=str(checkpoint), chunk_mode="open_loop", control_rate_hz=5.0)
+    rtc = rig_factory(None, "auto_rtc", checkpoint=str(checkpoint), chunk_mode="rtc", control_rate_hz=5.0)
+    assert (onnx.node.backend, rtc.node.backend) == ("onnx", "torch")
+    assert onnx.node.policy.engine.backend == "onnx" and rtc.node.policy.engine.backend == "torch"
+    err = capfd.readouterr().err
+    assert "backend auto: onnx (CPU and an exported ONNX head" in err and "backend auto: torch (chunk_mode rtc" in err

@@ -2,10 +2,11 @@
 
 Runs the xarm6_inference graph with `use_sim:=true` in this process (sim_node + driver on the sim
 backend, or with `--through-sdk` on the xArm SDK to an emulated controller, + inference node, over
-DDS) for `--seconds`, records the camera frames the inference node
-subscribes to, and writes to `--out`: demo.mp4 (cameras side by side; demo.gif where OpenCV has no
-MP4 encoder), contact_sheet.png and summary.json (achieved control rate, inference latency,
-chunks, success).
+DDS) for `--seconds`, records the camera frames the inference node subscribes to, and writes to
+`--out`: demo.mp4 (cameras side by side; demo.gif where OpenCV has no MP4 encoder),
+contact_sheet.png and summary.json (achieved control rate, stalls: control ticks after the first
+chunk with nothing to send, the largest jump of the commanded targets at a chunk seam, inference
+latency, chunks, success).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evo1_ros.runtime.chunking import MODES
+from evo1_ros.runtime.chunking import MODES, RTC_SCHEDULES
+from evo1_ros.runtime.policy import latency_refusal
 
 SHEET_COLUMNS, SHEET_ROWS = 2, 4
 
@@ -44,14 +46,24 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-rate", type=float, default=0.0,
                         help="inference control rate, Hz (default 0: the rate the checkpoint was trained at)")
     parser.add_argument("--device", default="", help="torch device for the policy (default: the params file's)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], help="inference engine backend (default: the "
-                        "params file's); onnx reads CHECKPOINT/onnx, written by `evo1-ros export-onnx`")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], help="inference engine backend (default: "
+                        "the params file's, auto: the fastest the checkpoint and machine offer); onnx reads "
+                        "CHECKPOINT/onnx, written by `evo1-ros export-onnx`")
     parser.add_argument("--chunk-mode", choices=MODES,
                         help="how overlapping chunks combine (default: the params file's; left open there: "
                              "the checkpoint's)")
     parser.add_argument("--request-threshold", type=float,
                         help="ask for the next chunk once this fraction of a chunk is left (default: the params "
                              "file's; left open there: the checkpoint's)")
+    parser.add_argument("--execution-horizon", type=int, help="chunk mode rtc: actions executed from each chunk "
+                        "before the next is asked for (default: the checkpoint's, else 8)")
+    parser.add_argument("--max-guidance-weight", type=float, help="chunk mode rtc: clip on the guidance weight "
+                        "(default: the checkpoint's, else 10)")
+    parser.add_argument("--rtc-schedule", type=str.upper, choices=RTC_SCHEDULES,
+                        help="chunk mode rtc: how the guidance decays after the committed actions (default: the "
+                             "checkpoint's, else EXP)")
+    parser.add_argument("--extra-latency-ms", type=latency_ms_argument, help="add this many ms to every chunk "
+                        "(stands for a slower GPU or a remote policy; on --sim-time, sim ms)")
     parser.add_argument("--sim-time", action="store_true",
                         help="run every node on the sim's clock; physics waits for frames and chunks, so the "
                              "outcome does not depend on this machine's speed (default: real time)")
@@ -64,11 +76,38 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
                              "the xArm SDK to an emulated controller (default: the sim backend directly)")
 
 
+def latency_ms_argument(text: str) -> float:
+    """--extra-latency-ms: a finite number of ms >= 0, else argparse's error in words."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if (reason := latency_refusal(value)) is not None:
+        raise argparse.ArgumentTypeError(reason)
+    return value
+
+
 def inference_overrides(args) -> dict:
     """The inference node parameters the graph options set; the params file keeps the rest."""
     values = {"device": args.device or None, "backend": args.backend, "chunk_mode": args.chunk_mode,
-              "request_threshold": args.request_threshold}
+              "request_threshold": args.request_threshold, "execution_horizon": args.execution_horizon,
+              "max_guidance_weight": args.max_guidance_weight, "rtc_schedule": args.rtc_schedule,
+              "extra_latency_ms": args.extra_latency_ms}
     return {name: value for name, value in values.items() if value is not None}
+
+
+def inference_settings(node) -> dict:
+    """The execution settings the inference node runs with (its parameters', else the checkpoint's)."""
+    scheduler = node.scheduler
+    settings = {"backend": node.backend, "chunk_mode": scheduler.mode,
+                "extra_latency_ms": node.policy.extra_latency_ms,
+                "noise_scale": node.get_parameter("noise_scale").value}
+    if scheduler.mode == "rtc":
+        settings.update(execution_horizon=scheduler.rtc.execution_horizon,
+                        max_guidance_weight=scheduler.rtc.max_guidance_weight, rtc_schedule=scheduler.rtc.schedule)
+    else:
+        settings["request_threshold"] = scheduler.request_threshold
+    return settings
 
 
 class Recording:
@@ -159,30 +198,37 @@ def run(args) -> int:
         clock = "sim " if args.sim_time else ""
         print(f"evo1-ros demo: {graph.reset_episode()}; running {args.seconds:g} {clock}s", flush=True)
         now = graph.observer.now  # wall or sim seconds, as the graph runs
-        start = now()
+        start, stalls_before = now(), graph.inference.stalls
         try:
             while (elapsed := now() - start) < args.seconds:
                 time.sleep(min(1.0, args.seconds - elapsed))
                 latency, rate = latency_ms(graph.policy.latencies)["p50"], graph.observer.control_rate()
                 print(f"  {now() - start:5.1f}/{args.seconds:g} {clock}s | frames {recording.frames:4d} | "
-                      f"chunks {len(graph.policy.latencies):3d} | control {rate or 0:5.1f} Hz | latency p50 "
-                      f"{latency or 0:6.0f} ms | can in box: {'yes' if graph.world.success() else 'no'}", flush=True)
+                      f"chunks {len(graph.policy.latencies):3d} | control {rate or 0:5.1f} Hz | stalls "
+                      f"{graph.inference.stalls - stalls_before:3d} | latency p50 {latency or 0:6.0f} ms | "
+                      f"can in box: {'yes' if graph.world.success() else 'no'}", flush=True)
         except KeyboardInterrupt:
             print("evo1-ros demo: interrupted; writing what was recorded", file=sys.stderr)
         elapsed = now() - start
         success, control_rate = graph.world.success(), graph.observer.control_rate()
-        jerk = graph.observer.jerk(graph.inference.dt)
+        jerk, seam_jump = graph.observer.jerk(graph.inference.dt), graph.observer.seam_jump()
+        stalls, settings = graph.inference.stalls - stalls_before, inference_settings(graph.inference)
     finally:
         graph.observer.on_frame = None
         graph.close()
+    target_rate = 1.0 / graph.inference.dt
     summary = {
         "checkpoint": str(checkpoint), "random_weights": random_weights,
         "instruction": graph.inference.instruction, "seed": args.seed, "task": task.name,
         "scene": graph.world.scene.name, "clock": "sim" if args.sim_time else "wall", "seconds": round(elapsed, 2),
         "through_sdk": args.through_sdk,
-        "image_size": args.image_size, "target_fps": args.fps,
-        "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
+        "image_size": args.image_size, "target_fps": args.fps, "inference": settings,
+        "target_control_rate_hz": round(target_rate, 2),
         "achieved_control_rate_hz": None if control_rate is None else round(control_rate, 2),
+        "achieved_control_rate_fraction": None if control_rate is None else round(control_rate / target_rate, 3),
+        # control ticks after the first chunk with nothing to send: the arm waited for the policy
+        "stalls": stalls,
+        "largest_seam_jump_rad": None if seam_jump is None else round(seam_jump, 4),
         "chunks": len(graph.policy.latencies), "inference_latency_ms": latency_ms(graph.policy.latencies),
         "mean_abs_jerk_rad_s3": None if jerk is None else round(jerk, 3),
         "success": success,
@@ -190,6 +236,11 @@ def run(args) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+    rate_text = "n/a" if control_rate is None else f"{control_rate:.2f} Hz ({100 * control_rate / target_rate:.0f} %)"
+    jump_text = "n/a" if seam_jump is None else f"{seam_jump:.3f} rad"
+    print(f"evo1-ros demo: control rate {rate_text} of {target_rate:g} Hz; {stalls} stalls after the first chunk; "
+          f"largest jump at a chunk seam {jump_text}; backend {settings['backend']}, "
+          f"chunk mode {settings['chunk_mode']}")
     print(f"evo1-ros demo: wrote {out / summary['video']}, {out / summary['contact_sheet']}, {out / 'summary.json'}")
     if random_weights:
         warn_random_weights()

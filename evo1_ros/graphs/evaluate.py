@@ -14,7 +14,9 @@ policy alone, not on how fast this machine is, and times are sim seconds.
 
 Reports per task and scene: success rate with its Wilson 95 % interval, mean episode time (to the
 success, or the time limit) and action smoothness: the mean absolute jerk of the commanded joint
-trajectory (the first target of every trajectory window the inference node sends the driver).
+trajectory (the targets of the trajectory windows the inference node sends the driver), the
+largest jump of those targets at a chunk seam, and stalls (control ticks after an episode's first
+chunk with nothing to send). `--extra-latency-ms` adds latency to every chunk.
 `--checkpoint expert` puts the scripted expert, which reads the object poses from the world, in
 the policy's seat: a check of the graph, its timing and the success detectors. `--through-sdk`
 puts the real arm's path between driver and sim arm (xarm_sdk backend, SDK, emulated controller).
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evo1_ros.graphs.demo import add_graph_arguments, inference_overrides
+from evo1_ros.graphs.demo import add_graph_arguments, inference_overrides, inference_settings
 from evo1_ros.sim.metrics import latency_ms, rate
 
 SUCCESS_HOLD_S = 1.5  # a task must stay done this long: carrying the can over the box is no success
@@ -58,7 +60,7 @@ def run_episode(graph, max_seconds: float, watched: list) -> dict:
     other tasks of a mixed scene). It ends once any of them stays done for SUCCESS_HOLD_S."""
     graph.reset_episode()
     observer = graph.observer
-    start = observer.now()  # wall or sim seconds, as the graph runs
+    start, stalls_before = observer.now(), graph.inference.stalls  # wall or sim seconds, as the graph runs
     since = {t.name: None for t in watched}  # when each other detector turned (and stayed) on
     held = {}
     while observer.now() - start < max_seconds:
@@ -70,11 +72,13 @@ def run_episode(graph, max_seconds: float, watched: list) -> dict:
         if success is not None or any(held.values()):
             break
         time.sleep(0.05)
-    jerk, rate = observer.jerk(graph.inference.dt), observer.control_rate()
+    jerk, rate, jump = observer.jerk(graph.inference.dt), observer.control_rate(), observer.seam_jump()
     episode = {"success": success is not None,
                "seconds": round(success - start if success is not None else observer.now() - start, 2),
                "mean_abs_jerk_rad_s3": None if jerk is None else round(jerk, 3),
-               "control_rate_hz": None if rate is None else round(rate, 2)}
+               "control_rate_hz": None if rate is None else round(rate, 2),
+               "stalls": graph.inference.stalls - stalls_before,
+               "largest_seam_jump_rad": None if jump is None else round(jump, 4)}
     if watched:
         episode["other_tasks"] = held
     return episode
@@ -150,10 +154,7 @@ def _run(args, results_out) -> int:
         "through_sdk": args.through_sdk,
         "max_seconds": args.max_seconds, "success_hold_seconds": SUCCESS_HOLD_S,
         "image_size": args.image_size, "fps": args.fps, "target_control_rate_hz": round(1.0 / graph.inference.dt, 2),
-        "inference": {"backend": graph.inference.get_parameter("backend").value,
-                      "chunk_mode": graph.inference.scheduler.mode,  # in effect: the parameter's or the checkpoint's
-                      "request_threshold": graph.inference.scheduler.request_threshold,
-                      "noise_scale": graph.inference.get_parameter("noise_scale").value},
+        "inference": inference_settings(graph.inference),  # in effect: the parameters', else the checkpoint's
         "runs": runs,
     }
     text = json.dumps(results, indent=2)
@@ -176,17 +177,20 @@ def summarize(task: str, scene: str, instruction: str, episodes: list[dict], wat
              "success": rate(sum(e["success"] for e in episodes), n)}
     if watched:
         block["other_tasks"] = {t.name: rate(sum(e["other_tasks"][t.name] for e in episodes), n) for t in watched}
+    jumps = [e["largest_seam_jump_rad"] for e in episodes if e["largest_seam_jump_rad"] is not None]
     return {**block, "mean_episode_seconds": mean("seconds"), "mean_abs_jerk_rad_s3": mean("mean_abs_jerk_rad_s3"),
-            "achieved_control_rate_hz": mean("control_rate_hz"), "chunks": len(latencies),
+            "achieved_control_rate_hz": mean("control_rate_hz"), "stalls": sum(e["stalls"] for e in episodes),
+            "largest_seam_jump_rad": max(jumps) if jumps else None, "chunks": len(latencies),
             "inference_latency_ms": latency_ms(latencies), "per_episode": episodes}
 
 
 def table(runs: list[dict]) -> str:
     """The runs as a plain text table: task, scene, success k/n, rate and its Wilson 95 % interval."""
-    lines = [f"{'task':16s} {'scene':10s} {'success':>9s} {'rate':>6s}  wilson95       other tasks"]
+    lines = [f"{'task':16s} {'scene':10s} {'success':>9s} {'rate':>6s}  wilson95      stalls  seam jump  other tasks"]
     for r in runs:
         s = r["success"]
         others = ", ".join(f"{name} {o['successes']}/{o['episodes']}" for name, o in r.get("other_tasks", {}).items())
+        jump = "n/a" if r["largest_seam_jump_rad"] is None else f"{r['largest_seam_jump_rad']:.3f}"
         lines.append(f"{r['task']:16s} {r['scene']:10s} {s['successes']:>4d}/{s['episodes']:<4d} {s['rate']:6.2f}  "
-                     f"[{s['wilson95'][0]:.2f}, {s['wilson95'][1]:.2f}]  {others}")
+                     f"[{s['wilson95'][0]:.2f}, {s['wilson95'][1]:.2f}]  {r['stalls']:6d}  {jump:>9s}  {others}")
     return "\n".join(lines)

@@ -41,7 +41,8 @@ from evo1_ros.graphs.launch import create_nodes, share_directory, xarm6_inferenc
 from evo1_ros.nodes import services
 from evo1_ros.nodes.messages import image_to_rgb, stamp_seconds
 from evo1_ros.nodes.spin import SpinThread
-from evo1_ros.sim.metrics import TimedPolicy, commanded_path, mean_abs_jerk
+from evo1_ros.runtime.policy import predict
+from evo1_ros.sim.metrics import TimedPolicy, commanded_path, largest_seam_jump, mean_abs_jerk
 from evo1_ros.sim.tasks import DEFAULT_TASK
 
 EXPERT = "expert"  # --checkpoint value that seats the privileged scripted expert in the policy's place
@@ -148,6 +149,9 @@ class Observer(Node):
     def jerk(self, dt: float) -> float | None:
         return mean_abs_jerk(*commanded_path(self.windows), dt)
 
+    def seam_jump(self) -> float | None:
+        return largest_seam_jump(self.windows)
+
     def _client(self, kind, service: str):
         if service not in self._service_clients:
             self._service_clients[service] = self.create_client(kind, service)
@@ -169,15 +173,19 @@ class Observer(Node):
 
 class PhysicsHeld:
     """A ChunkPolicy whose every `predict_chunk` runs with the lockstep world's physics held: in
-    sim time the chunk takes no time at all."""
+    sim time the chunk takes no time at all. Everything else is the wrapped policy's."""
 
     def __init__(self, policy, world):
         self.policy, self.world = policy, world
-        self.chunk_length, self.action_dim, self.num_views = policy.chunk_length, policy.action_dim, policy.num_views
 
-    def predict_chunk(self, images, state, instruction):
+    def __getattr__(self, name):
+        if name == "policy":  # not yet set: never recurse into __getattr__
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+    def predict_chunk(self, images, state, instruction, rtc=None):
         with self.world.hold():
-            return self.policy.predict_chunk(images, state, instruction)
+            return predict(self.policy, images, state, instruction, rtc)
 
 
 EXPERT_RATE_HZ = 10.0  # the expert's chunk rows are this far apart unless a control rate is given
@@ -244,9 +252,11 @@ class SimGraph:
             self.nodes = create_nodes(graph, node_kwargs)  # the sim bringup wires resets and the clock
             self.inference, self.world = self.nodes["evo1_inference"], self.nodes["evo1_sim"].world
             # Timed where the latency is spent; its worker calls the policy only once the executor spins.
-            self.policy = self.inference.policy = TimedPolicy(self.inference.policy)
-            if lockstep is not None:
-                self.inference.policy = PhysicsHeld(self.policy, lockstep)
+            # The node's added latency (extra_latency_ms) wraps the rest: outside the held physics,
+            # so that on sim time too the world moves on while it passes.
+            delayed = self.inference.policy
+            self.policy = TimedPolicy(delayed.policy)
+            delayed.policy = self.policy if lockstep is None else PhysicsHeld(self.policy, lockstep)
             self.observer = Observer(self.context, self.inference.camera_topics if record_cameras else [],
                                      self.inference.get_parameter("trajectory_topic").value, sim_time)
             self._spin = SpinThread((*self.nodes.values(), self.observer), self.context, "sim-graph")

@@ -14,6 +14,14 @@ Topics in: `camera_topics` (one per view slot: sensor_msgs/Image rgb8/bgr8, or w
 FollowJointTrajectory goals, one per new chunk), `~/predicted_joint_states` (JointState, the
 newest chunk's final pose: a ghost arm), `~/predicted_path` (Marker LINE_STRIP of its TCP path in
 link_base), /diagnostics. Services (std_srvs/Trigger): `~/pause`, `~/resume`.
+
+Parameters are declared up front (PARAMETERS); most are read at start. Applied at run time, or
+refused with the reason: `extra_latency_ms` (added to every chunk) and, in chunk_mode rtc,
+`execution_horizon`, `max_guidance_weight`, `rtc_schedule` (all of one request checked first, then
+handed to the scheduler as one new RTCConfig). `backend: auto` picks the engine backend from the
+checkpoint, the device and the chunk mode (runtime.policy.choose_backend) and says why in the log.
+/diagnostics counts stalls: control ticks after the first chunk (since the start or a resume)
+with nothing to send.
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ import queue
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
-from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
@@ -39,52 +49,73 @@ from visualization_msgs.msg import Marker
 
 from evo1_ros.nodes.messages import (MessageError, check_color_image, image_to_rgb, joint_positions, stamp_seconds,
                                     to_duration, to_time)
+from evo1_ros.nodes.params import Param, declare
+from evo1_ros.nodes.spin import run_nodes
 from evo1_ros.robot import topics
 from evo1_ros.robot.xarm6 import JOINT_NAMES, JOINT_STATE_NAMES, NUM_JOINTS, tcp_positions
-from evo1_ros.runtime.chunking import MODES, ChunkScheduler
+from evo1_ros.runtime.chunking import MODES, RTC_SCHEDULES, ChunkScheduler, RTCConfig, RTCInputs
+from evo1_ros.runtime.deployment import load_deployment
 from evo1_ros.runtime.observation import ObservationSync
-from evo1_ros.runtime.policy import ChunkPolicy
-from evo1_ros.nodes.spin import run_nodes
+from evo1_ros.runtime.policy import ChunkPolicy, DelayedPolicy, choose_backend, latency_refusal, predict, rtc_refusal
 
 DEFAULT_RATE_HZ = 30.0
 DEFAULT_CHUNK_MODE, DEFAULT_REQUEST_THRESHOLD = "crossfade", 0.5
+BACKENDS = ("auto", "torch", "onnx")
 PARAMETERS = {
-    "checkpoint": ("", "Evo-1 checkpoint directory"),
-    "instruction": ("", "language instruction; change at run time on ~/instruction"),
-    "camera_topics": ([topics.camera_topic("base"), topics.camera_topic("wrist")],
-                      "image topics, in the policy's view-slot order"),
-    "image_transport": ("raw", "raw: sensor_msgs/Image on each camera topic; compressed: "
-                               "sensor_msgs/CompressedImage (JPEG or PNG) on <topic>/compressed"),
-    "joint_state_topic": (topics.JOINT_STATES, "sensor_msgs/JointState with joint1..joint6 + drive_joint"),
-    "control_rate_hz": (0.0, "publish rate of trajectory windows, one chunk action per tick; 0 = the rate "
-                             f"the checkpoint was trained at ({DEFAULT_RATE_HZ:.0f} Hz if it does not say)"),
-    "chunk_mode": ("", f"how overlapping chunks combine: {', '.join(MODES)}; empty = the checkpoint's own "
-                       f"(chunk_mode in its deployment.json), else {DEFAULT_CHUNK_MODE}"),
-    "request_threshold": (-1.0, "ask for the next chunk once this fraction of a chunk is left; negative = the "
-                                f"checkpoint's own (request_threshold in its deployment.json), else "
-                                f"{DEFAULT_REQUEST_THRESHOLD}"),
-    "ensemble_decay": (0.01, "m in the temporal-ensemble weights exp(-m i)"),
-    "device": ("cpu", "torch device for the policy"),
-    "dtype": ("float32", "policy compute dtype (float32, bfloat16, float16)"),
-    "backend": ("torch", "inference engine backend: torch (CUDA graph on GPU) or onnx"),
-    "torch_compile": (False, "backend torch: torch.compile the context and head (fused kernels; the first "
-                             "chunk of each instruction waits for the compile, ~1 min for evo1-0.77b)"),
-    "head_kernels": ("torch", "backend torch: the action head's kernels, torch or triton (fused, CUDA)"),
-    "onnx_dir": ("", "action-head ONNX graphs for backend onnx (evo1-ros export-onnx); empty: CHECKPOINT/onnx"),
-    "noise_scale": (-1.0, "spread of the sampler's starting noise, 0..1 (0 = deterministic chunks); "
-                          "negative = the checkpoint's own (noise_scale in its deployment.json)"),
-    "max_observation_age_ms": (200.0, "older images or joint states start no new chunk"),
-    "first_action_tolerance_rad": (0.35, "warn when a chunk's first action is further than this from the measured "
-                                         "arm on any joint (the checkpoint's declared units are the usual cause)"),
-    "sync_state_to_images": (True, "pair the images with the joint state of their capture stamp (interpolated) "
-                                   "and time the chunk from that moment, as in the recorded demos; false: the "
-                                   "newest of each, timed from the request. Needs camera and joint stamps on "
-                                   "one clock (unstamped messages count at their arrival)"),
-    "trajectory_topic": (topics.TRAJECTORY, "trajectory_msgs/JointTrajectory to the driver"),
-    "use_follow_joint_trajectory": (False, "send FollowJointTrajectory goals instead of the topic"),
-    "follow_joint_trajectory_action": ("/xarm6_traj_controller/follow_joint_trajectory",
-                                       "xarm_ros2 ros2_control action (joint1..joint6 only)"),
+    "checkpoint": Param("", "Evo-1 checkpoint directory"),
+    "instruction": Param("", "language instruction; change at run time on ~/instruction"),
+    "camera_topics": Param([topics.camera_topic("base"), topics.camera_topic("wrist")],
+                           "image topics, in the policy's view-slot order"),
+    "image_transport": Param("raw", "raw: sensor_msgs/Image on each camera topic; compressed: "
+                                    "sensor_msgs/CompressedImage (JPEG or PNG) on <topic>/compressed"),
+    "joint_state_topic": Param(topics.JOINT_STATES, "sensor_msgs/JointState with joint1..joint6 + drive_joint"),
+    "control_rate_hz": Param(0.0, "publish rate of trajectory windows, one chunk action per tick; 0 = the rate "
+                                  f"the checkpoint was trained at ({DEFAULT_RATE_HZ:.0f} Hz if it does not say)"),
+    "chunk_mode": Param("", f"how overlapping chunks combine: {', '.join(MODES)}; empty = the checkpoint's own "
+                            f"(chunk_mode in its deployment.json), else {DEFAULT_CHUNK_MODE}"),
+    "request_threshold": Param(-1.0, "ask for the next chunk once this fraction of a chunk is left (not rtc); "
+                                     "negative = the checkpoint's own (request_threshold in its deployment.json), "
+                                     f"else {DEFAULT_REQUEST_THRESHOLD}"),
+    "ensemble_decay": Param(0.01, "m in the temporal-ensemble weights exp(-m i)"),
+    # rtc: unset = the checkpoint's own (rtc in its deployment.json), else RTCConfig's defaults.
+    # Each change at run time is checked and applied to the next request, or refused with the reason.
+    "execution_horizon": Param(Parameter.Type.INTEGER, "chunk_mode rtc: actions executed from each chunk before "
+                               f"the next is asked for, 1..chunk length; unset: the checkpoint's, else "
+                               f"{RTCConfig.execution_horizon}", apply="_set_execution_horizon"),
+    "max_guidance_weight": Param(Parameter.Type.DOUBLE, "chunk_mode rtc: clip on the weight that pulls a new chunk "
+                                 f"onto the plan, >= 0 (0: no pull); unset: the checkpoint's, else "
+                                 f"{RTCConfig.max_guidance_weight:g}", apply="_set_max_guidance_weight"),
+    "rtc_schedule": Param(Parameter.Type.STRING, f"chunk_mode rtc: how the pull decays after the committed "
+                          f"actions, {', '.join(RTC_SCHEDULES)} (any case); unset: the checkpoint's, else "
+                          f"{RTCConfig.schedule}", apply="_set_rtc_schedule"),
+    "extra_latency_ms": Param(0.0, "added to every chunk, ms >= 0: stands for a slower GPU or a remote policy",
+                              apply="_set_extra_latency"),
+    "device": Param("cpu", "torch device for the policy"),
+    "dtype": Param("float32", "policy compute dtype (float32, bfloat16, float16)"),
+    "backend": Param("auto", "inference engine backend: torch (CUDA graph on GPU), onnx (the checkpoint's exported "
+                             "action head on onnxruntime), or auto: the fastest the checkpoint and machine offer "
+                             "for the chunk mode (the log says which and why)"),
+    "torch_compile": Param(False, "backend torch: torch.compile the context and head (fused kernels; the first "
+                                  "chunk of each instruction waits for the compile, ~1 min for evo1-0.77b)"),
+    "head_kernels": Param("torch", "backend torch: the action head's kernels, torch or triton (fused, CUDA)"),
+    "onnx_dir": Param("", "action-head ONNX graphs for backend onnx (evo1-ros export-onnx); empty: CHECKPOINT/onnx"),
+    "noise_scale": Param(-1.0, "spread of the sampler's starting noise, 0..1 (0 = deterministic chunks); "
+                               "negative = the checkpoint's own (noise_scale in its deployment.json)"),
+    "max_observation_age_ms": Param(200.0, "older images or joint states start no new chunk"),
+    "first_action_tolerance_rad": Param(0.35, "warn when a chunk's first action is further than this from the "
+                                              "measured arm on any joint (the checkpoint's declared units are "
+                                              "the usual cause)"),
+    "sync_state_to_images": Param(True, "pair the images with the joint state of their capture stamp "
+                                        "(interpolated) and time the chunk from that moment, as in the recorded "
+                                        "demos; false: the newest of each, timed from the request. Needs camera "
+                                        "and joint stamps on one clock (unstamped messages count at their arrival)"),
+    "trajectory_topic": Param(topics.TRAJECTORY, "trajectory_msgs/JointTrajectory to the driver"),
+    "use_follow_joint_trajectory": Param(False, "send FollowJointTrajectory goals instead of the topic"),
+    "follow_joint_trajectory_action": Param("/xarm6_traj_controller/follow_joint_trajectory",
+                                            "xarm_ros2 ros2_control action (joint1..joint6 only)"),
 }
+RTC_PARAMETERS = {"execution_horizon": "execution_horizon", "max_guidance_weight": "max_guidance_weight",
+                  "rtc_schedule": "schedule"}  # node parameter -> RTCConfig field
 LOG_EVERY_S = 2.0
 MAX_INSTRUCTION_CHARS = 4096  # far more than any prompt holds; longer ones are refused before tokenizing
 IMAGE_TRANSPORTS = {"raw": (Image, ""), "compressed": (CompressedImage, "/compressed")}
@@ -93,10 +124,14 @@ IMAGE_TRANSPORTS = {"raw": (Image, ""), "compressed": (CompressedImage, "/compre
 class InferenceNode(Node):
     def __init__(self, policy: ChunkPolicy | None = None, **node_kwargs):
         super().__init__("evo1_inference", **node_kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self.policy = policy if policy is not None else self._load_policy(p)
+        p = declare(self, PARAMETERS)
+        self.backend = None  # the engine backend in effect; None for a policy handed in
+        if policy is None:
+            policy, self.backend = self._load_policy(p)
+        if reason := latency_refusal(p["extra_latency_ms"]):
+            raise ValueError(f"extra_latency_ms: {reason}")
+        # Every chunk goes through the added latency (0 by default), so that it can be set at run time.
+        self.policy = DelayedPolicy(policy, p["extra_latency_ms"], self._sleep)
         self.camera_topics = list(p["camera_topics"])
         if len(self.camera_topics) > self.policy.num_views:
             raise ValueError(f"{len(self.camera_topics)} camera_topics for a policy with {self.policy.num_views} views")
@@ -127,7 +162,19 @@ class InferenceNode(Node):
         if threshold < 0:
             threshold = getattr(self.policy, "request_threshold", None)
             threshold = DEFAULT_REQUEST_THRESHOLD if threshold is None else threshold
-        self.scheduler = ChunkScheduler(self.dt, self.policy.chunk_length, mode, threshold, p["ensemble_decay"])
+        if mode == "rtc" and (reason := rtc_refusal(policy)) is not None:
+            raise ValueError(f"chunk_mode rtc refused: {reason}")
+        own = getattr(self.policy, "rtc_config", None) or RTCConfig()
+        try:
+            rtc = replace(own, **{field: _rtc_value(name, p[name]) for name, field in RTC_PARAMETERS.items()
+                                  if p[name] is not None})
+            self.scheduler = ChunkScheduler(self.dt, self.policy.chunk_length, mode, threshold, p["ensemble_decay"],
+                                            rtc)
+        except ValueError as e:
+            raise ValueError(f"chunk settings refused: {e}") from e
+        self._rtc_pending: RTCConfig | None = None  # a run-time change, applied once all of it is accepted
+        self.add_pre_set_parameters_callback(self._begin_parameter_change)
+        self.add_post_set_parameters_callback(self._commit_parameter_change)
         self._check_views()
 
         # Newest frame per view and the joint-state history, paired into observations (ROS-free).
@@ -142,6 +189,10 @@ class InferenceNode(Node):
         # observation taken -> first action of its chunk published: inference + waiting for a tick
         self.obs_to_action: deque[float] = deque(maxlen=200)
         self._ticks: deque[float] = deque(maxlen=int(2 * rate) + 1)
+        # Control ticks with nothing to send although a chunk had come since the start or the last
+        # pause/resume: the arm waits for the policy (a seam the next chunk did not reach in time).
+        self.stalls = 0
+        self._acting = False
         self._chunk_obs_time: float | None = None
         self._problem = ""
         self._error = ""  # why the last chunk failed; cleared by the next good one
@@ -179,25 +230,82 @@ class InferenceNode(Node):
         self.create_timer(self.dt, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
         conventions = getattr(self.policy, "conventions", None)
+        execution = (f"execution horizon {rtc.execution_horizon}, max guidance weight {rtc.max_guidance_weight:g}, "
+                     f"schedule {rtc.schedule}" if mode == "rtc" else f"request threshold {threshold}")
+        latency = f", extra latency {p['extra_latency_ms']:g} ms" if p["extra_latency_ms"] else ""
         self.get_logger().info(
-            f"{self.policy.chunk_length}-step chunks, mode {mode}, request threshold {threshold}, {rate} Hz, "
+            f"{self.policy.chunk_length}-step chunks, mode {mode}, {execution}{latency}, {rate} Hz, "
             f"views {self.image_topics} ({p['image_transport']}), instruction {self.instruction!r}"
             + (f"; checkpoint conventions: {conventions.describe()}" if conventions else ""))
 
     # --- setup ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _load_policy(p: dict) -> ChunkPolicy:
+    def _sleep(self, seconds: float) -> None:
+        """Wait on this node's clock (sim time where the node runs on it); wakes at shutdown."""
+        self.get_clock().sleep_for(Duration(nanoseconds=round(seconds * 1e9)), context=self.context)
+
+    def _load_policy(self, p: dict) -> tuple[ChunkPolicy, str]:
+        """The checkpoint's policy on the backend asked for (auto: chosen here, and said why)."""
         if not p["checkpoint"]:
             raise ValueError("parameter 'checkpoint' is empty: set it to an Evo-1 checkpoint directory")
+        if p["backend"] not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {p['backend']!r}")
         from evo1_ros.runtime.policy import Evo1ChunkPolicy  # torch and the model load only here
 
         onnx_dir = p["onnx_dir"] or f"{p['checkpoint']}/onnx"
-        return Evo1ChunkPolicy.from_checkpoint(
-            p["checkpoint"], device=p["device"], dtype=p["dtype"], backend=p["backend"], onnx_dir=onnx_dir,
+        backend = p["backend"]
+        if backend == "auto":
+            mode = p["chunk_mode"] or load_deployment(p["checkpoint"]).chunk_mode or DEFAULT_CHUNK_MODE
+            backend, why = choose_backend(p["checkpoint"], p["device"], mode, onnx_dir, p["head_kernels"])
+            self.get_logger().info(f"backend auto: {backend} ({why})")
+        policy = Evo1ChunkPolicy.from_checkpoint(
+            p["checkpoint"], device=p["device"], dtype=p["dtype"], backend=backend, onnx_dir=onnx_dir,
             torch_compile=p["torch_compile"], noise_scale=None if p["noise_scale"] < 0 else p["noise_scale"],
             head_kernels=p["head_kernels"],
         )
+        return policy, backend
+
+    # --- settings changed at run time (params.Param apply) ----------------------------------------
+
+    def _set_extra_latency(self, value) -> str | None:
+        if (reason := latency_refusal(value)) is not None:
+            return reason
+        self.policy.extra_latency_ms = value  # from the next chunk on
+        return None
+
+    def _set_execution_horizon(self, value) -> str | None:
+        return self._change_rtc("execution_horizon", value)
+
+    def _set_max_guidance_weight(self, value) -> str | None:
+        return self._change_rtc("max_guidance_weight", value)
+
+    def _set_rtc_schedule(self, value) -> str | None:
+        return self._change_rtc("rtc_schedule", value)
+
+    def _change_rtc(self, name: str, value) -> str | None:
+        """Check one RTC setting against the others (those of the same request included); the whole
+        new configuration reaches the scheduler once every parameter of the request is accepted."""
+        if self.scheduler.mode != "rtc":
+            return f"acts only in chunk_mode rtc; this node runs {self.scheduler.mode} (chunk_mode is set at start)"
+        try:
+            config = replace(self._rtc_pending or self.scheduler.rtc, **{RTC_PARAMETERS[name]: _rtc_value(name, value)})
+            self.scheduler.check_rtc(config)
+        except ValueError as e:
+            return str(e)
+        self._rtc_pending = config
+        return None
+
+    def _begin_parameter_change(self, parameters: list) -> list:
+        self._rtc_pending = None  # what a refused request staged goes
+        return parameters
+
+    def _commit_parameter_change(self, parameters: list) -> None:
+        if self._rtc_pending is not None:
+            self.scheduler.set_rtc(self._rtc_pending)  # one assignment: the next request sees all of it
+            self._rtc_pending = None
+            rtc = self.scheduler.rtc
+            self._log("info", f"RTC settings now: execution horizon {rtc.execution_horizon}, max guidance weight "
+                              f"{rtc.max_guidance_weight:g}, schedule {rtc.schedule}")
 
     def _follow_joint_trajectory_client(self, action_name: str):
         try:  # control_msgs is not on PyPI; only this mode needs it
@@ -296,12 +404,12 @@ class InferenceNode(Node):
         self._log("info", f"instruction: {msg.data!r}")
 
     def _on_pause(self, request, response):
-        self._paused, self._generation = True, self._generation + 1
+        self._paused, self._generation, self._acting = True, self._generation + 1, False
         response.success, response.message = True, "paused: no new targets until ~/resume"
         return response
 
     def _on_resume(self, request, response):
-        self._paused, self._generation = False, self._generation + 1
+        self._paused, self._generation, self._acting = False, self._generation + 1, False
         # The next chunk starts from inputs taken after this moment, never from what the cameras
         # and joints showed before (the world may have been reset or rearranged meanwhile).
         self.sync.resume(self._now())
@@ -322,6 +430,7 @@ class InferenceNode(Node):
             problem = self._request(now)
         times, actions = self.scheduler.window(now)
         if len(times) == 0:
+            self.stalls += self._acting
             self._complain(f"no targets to publish: {problem or 'waiting for a chunk'}")
             return
         if problem is not None:
@@ -338,7 +447,8 @@ class InferenceNode(Node):
         if obs.note:
             self._complain(obs.note)
         images = obs.images + [None] * (self.policy.num_views - len(obs.images))
-        self._requests.put_nowait((images, obs.state, self.instruction, obs.time, self._generation))
+        rtc = self.scheduler.rtc_inputs(obs.time)  # rtc mode: the plan this chunk will replace, and d
+        self._requests.put_nowait((images, obs.state, self.instruction, rtc, obs.time, self._generation))
         self._pending = True
         return None
 
@@ -355,7 +465,7 @@ class InferenceNode(Node):
             self._complain(f"chunk dropped: all its {len(chunk)} steps had passed when it arrived "
                            "(see inference_latency_ms in /diagnostics)")
             return
-        self._chunk_obs_time = obs_time
+        self._chunk_obs_time, self._acting = obs_time, True
         self.obs_to_action.append(now - obs_time)  # this tick publishes the chunk's first action
         if self._follow is not None:
             self._send_goal(now)
@@ -386,10 +496,10 @@ class InferenceNode(Node):
     def _work(self) -> None:
         """Supervised: whatever one chunk raises is reported and the next request is served."""
         while (request := self._requests.get()) is not None:
-            image_msgs, state, instruction, obs_time, generation = request
+            image_msgs, state, instruction, rtc, obs_time, generation = request
             chunk = None
             try:
-                chunk = self._infer(image_msgs, state, instruction)
+                chunk = self._infer(image_msgs, state, instruction, rtc)
             except Exception as e:  # noqa: BLE001 - a failing chunk must not take the worker down
                 self._error = f"inference failed: {type(e).__name__}: {e}"
                 self._complain(self._error, "error", key="inference failed")
@@ -403,10 +513,10 @@ class InferenceNode(Node):
             except Exception as e:  # noqa: BLE001
                 self._complain(f"preview not published: {type(e).__name__}: {e}", key="preview")
 
-    def _infer(self, image_msgs, state: np.ndarray, instruction: str) -> np.ndarray:
+    def _infer(self, image_msgs, state: np.ndarray, instruction: str, rtc: RTCInputs | None) -> np.ndarray:
         start = time.perf_counter()
         images = [None if msg is None else image_to_rgb(msg) for msg in image_msgs]
-        chunk = np.asarray(self.policy.predict_chunk(images, state, instruction), dtype=float)
+        chunk = np.asarray(predict(self.policy, images, state, instruction, rtc), dtype=float)
         expected = (self.policy.chunk_length, self.policy.action_dim)
         if chunk.shape != expected or not np.isfinite(chunk).all():
             raise ValueError(f"policy returned shape {chunk.shape} (expected {expected}) "
@@ -467,7 +577,22 @@ class InferenceNode(Node):
             "last_problem": self._problem,
             "last_error": self._error,
             "first_action_warning": self._far_first_action,
+            "stalls": str(self.stalls),
+            "backend": self.backend or "(policy given to the node)",
+            "extra_latency_ms": f"{self.policy.extra_latency_ms:g}",
         }
+        rtc_warning = ""
+        if self.scheduler.mode == "rtc":
+            rtc, delay = self.scheduler.rtc, self.scheduler.delay()
+            d, left = self.scheduler.delay_steps(), self.policy.chunk_length - rtc.execution_horizon
+            values.update({"rtc_delay_steps": str(d), "rtc_delay_ms": "n/a" if delay is None else f"{1000 * delay:.0f}",
+                           "execution_horizon": str(rtc.execution_horizon),
+                           "max_guidance_weight": f"{rtc.max_guidance_weight:g}", "rtc_schedule": rtc.schedule})
+            if d > left:
+                rtc_warning = (f"RTC: the inference delay d = {d} steps is longer than the {left} steps a plan has "
+                               f"left when the next chunk is asked for (chunk {self.policy.chunk_length} - execution "
+                               f"horizon {rtc.execution_horizon}): the arm stalls at seams; lower execution_horizon")
+            values["rtc_warning"] = rtc_warning
         if not self._worker.is_alive() and not self._stopping:  # never silent, and never left dead
             self._error = "the inference worker thread had stopped; restarted"
             self._log("error", self._error)
@@ -476,11 +601,11 @@ class InferenceNode(Node):
         healthy = not self._paused and self.scheduler.remaining(now) > 0
         if self._error:
             level, message = DiagnosticStatus.ERROR, self._error
-        elif healthy and not self._far_first_action:
+        elif healthy and not self._far_first_action and not rtc_warning:
             level, message = DiagnosticStatus.OK, "running"
         else:
             level = DiagnosticStatus.WARN
-            message = "paused" if self._paused else (self._far_first_action or self._problem)
+            message = "paused" if self._paused else (self._far_first_action or rtc_warning or self._problem)
         status = DiagnosticStatus(name="evo1_inference: policy", hardware_id="xarm6", level=level, message=message,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         msg = DiagnosticArray(status=[status])
@@ -492,6 +617,11 @@ class InferenceNode(Node):
         self._requests.put(None)
         self._worker.join(timeout=5.0)
         return super().destroy_node()
+
+
+def _rtc_value(name: str, value):
+    """A parameter's value as RTCConfig takes it: schedule names in upper case (LINEAR, EXP, ...)."""
+    return value.upper() if name == "rtc_schedule" and isinstance(value, str) else value
 
 
 def main(args=None):

@@ -43,7 +43,8 @@ def declare(node: Node, table: dict[str, Param]) -> dict[str, Any]:
     appliers = {name: getattr(node, param.apply) for name, param in table.items() if param.apply}
     if appliers:
         node.add_on_set_parameters_callback(lambda params: _apply(appliers, params))
-    return {name: node.get_parameter(name).value for name in table}
+    # get_parameter_or: a typed parameter left unset reads None (get_parameter would raise)
+    return {name: node.get_parameter_or(name).value for name in table}
 
 
 def _apply(appliers: dict, params: list[Parameter]) -> SetParametersResult:

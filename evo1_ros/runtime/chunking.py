@@ -137,11 +137,10 @@ class ChunkScheduler:
             raise ValueError(f"request_threshold must be in [0, 1], got {request_threshold}")
         if dt <= 0 or chunk_length < 1:
             raise ValueError(f"need dt > 0 and chunk_length >= 1, got {dt}, {chunk_length}")
-        self.rtc = RTCConfig() if rtc is None else rtc
-        if mode == "rtc" and self.rtc.execution_horizon > chunk_length:
-            raise ValueError(f"execution_horizon {self.rtc.execution_horizon} is longer than the chunk "
-                             f"({chunk_length} actions): it must be at most the chunk length")
         self.dt, self.chunk_length, self.mode = dt, chunk_length, mode
+        self.rtc = RTCConfig() if rtc is None else rtc
+        if mode == "rtc":
+            self.check_rtc(self.rtc)
         self.request_threshold, self.ensemble_decay = request_threshold, ensemble_decay
         self.plan: Plan | None = None
         self._origin = -math.inf  # obs_time of the chunk merged last: rtc asks again s steps after it
@@ -150,6 +149,21 @@ class ChunkScheduler:
         # (allocation, graph capture) and would hold the percentile up for a whole window.
         self._first_delay: float | None = None
         self._delays: deque[float] = deque(maxlen=self.rtc.delay_window)
+
+    def check_rtc(self, config: RTCConfig) -> None:
+        """ValueError with the reason where `config` cannot work with this chunk length."""
+        if config.execution_horizon > self.chunk_length:
+            raise ValueError(f"execution_horizon {config.execution_horizon} is longer than the chunk "
+                             f"({self.chunk_length} actions): it must be at most the chunk length")
+
+    def set_rtc(self, config: RTCConfig) -> None:
+        """Execute with `config` from the next request on (a setting changed at run time), all of it
+        at once; ValueError with the reason where it cannot work with this chunk length. The delays
+        measured so far stay."""
+        self.check_rtc(config)
+        if config.delay_window != self._delays.maxlen:
+            self._delays = deque(self._delays, maxlen=config.delay_window)
+        self.rtc = config
 
     def reset(self) -> None:
         """Drop the plan (pause): the delays measured so far stay, they describe the machine."""

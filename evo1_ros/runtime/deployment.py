@@ -35,7 +35,7 @@ import numpy as np
 
 from ..model.config import LEGACY_DEPLOYMENT_KEYS
 from ..robot.xarm6 import GRIPPER_CLOSED, GRIPPER_OPEN, NUM_JOINTS, SDK_GRIPPER_OPEN
-from .chunking import MODES
+from .chunking import MODES, RTCConfig
 
 DEPLOYMENT_FILE = "deployment.json"
 CONFIG_FILE = "config.json"  # the model's; legacy deployment keys may sit in it
@@ -186,6 +186,9 @@ class DeploymentConfig:
     # chunks played open loop (models/README.md): the checkpoint is where that was measured.
     chunk_mode: str | None = None
     request_threshold: float | None = None
+    # chunk_mode rtc: execution horizon, guidance clip and schedule (runtime.chunking.RTCConfig);
+    # None: the node's defaults.
+    rtc: RTCConfig | None = None
     # The sampler starts from noise uniform in [-noise_scale, noise_scale]. 1 is the reference. 0
     # starts at the noise's mean and makes every chunk a deterministic function of the observation.
     noise_scale: float = 1.0
@@ -195,6 +198,11 @@ class DeploymentConfig:
     def __post_init__(self):
         if isinstance(self.conventions, dict):
             self.conventions = Conventions(**self.conventions)
+        if isinstance(self.rtc, dict):
+            try:
+                self.rtc = RTCConfig(**self.rtc)
+            except (TypeError, ValueError) as e:
+                raise DeploymentError(f"rtc: {e}") from e
         if not (math.isfinite(self.action_rate_hz) and self.action_rate_hz >= 0):
             raise DeploymentError(f"action_rate_hz must be >= 0 (0 = unknown), got {self.action_rate_hz}")
         if self.chunk_mode is not None and self.chunk_mode not in MODES:

@@ -9,14 +9,17 @@ adds latency to any policy (a slower GPU, a remote policy).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import os
 import time
-from typing import Protocol, Sequence
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .chunking import RTCInputs
+from .chunking import RTCConfig, RTCInputs
 from .deployment import DeploymentConfig, load_deployment
 
 
@@ -29,6 +32,7 @@ class ChunkPolicy(Protocol):
     # (runtime.chunking); a policy may leave these out or set None for the node's defaults.
     chunk_mode: str | None
     request_threshold: float | None
+    rtc_config: RTCConfig | None  # chunk_mode rtc's settings
     # Why it cannot take `rtc` inputs, or None if it can; a policy without it cannot (rtc_refusal()).
     rtc_refusal: str | None
 
@@ -51,6 +55,45 @@ class ChunkPolicy(Protocol):
 def rtc_refusal(policy) -> str | None:
     """Why `policy` cannot run real-time chunking (chunk_mode rtc), or None if it can."""
     return getattr(policy, "rtc_refusal", f"{type(policy).__name__} takes no real-time chunking inputs")
+
+
+def predict(policy, images, state, instruction: str, rtc: RTCInputs | None = None) -> np.ndarray:
+    """`policy.predict_chunk`, how every caller and wrapper calls it: a plain request goes through
+    with three arguments, so a policy without real-time chunking need not take a fourth."""
+    if rtc is None:
+        return policy.predict_chunk(images, state, instruction)
+    return policy.predict_chunk(images, state, instruction, rtc=rtc)
+
+
+def choose_backend(checkpoint, device: str = "cpu", chunk_mode: str | None = None, onnx_dir=None,
+                   head_kernels: str = "torch") -> tuple[str, str]:
+    """The fastest inference backend the checkpoint and this machine offer for `chunk_mode`, and why
+    (the inference node's `backend: auto`): the torch backend on CUDA (the whole chunk is one CUDA
+    graph there) and for what only it can run (real-time chunking, the Triton head); on CPU the
+    checkpoint's exported ONNX head (the Euler loop as one onnxruntime call) when it has one for
+    its step count and onnxruntime is installed; else torch."""
+    if head_kernels != "torch":
+        return "torch", f"head_kernels {head_kernels} runs inside the torch backend"
+    if str(device).split(":")[0] == "cuda":
+        return "torch", "CUDA device: the torch backend runs the whole chunk as one CUDA graph"
+    if chunk_mode == "rtc":
+        return "torch", ("chunk_mode rtc guides the sampler with the action head's gradient, which only the "
+                         "torch backend has")
+    from .engine import HEAD_GRAPH, HEAD_INFO  # the model loads next anyway: torch is no extra cost here
+
+    onnx_dir = Path(onnx_dir) if onnx_dir else Path(checkpoint) / "onnx"
+    info = onnx_dir / HEAD_INFO
+    if not (info.is_file() and (onnx_dir / HEAD_GRAPH).is_file()):
+        return "torch", f"no exported ONNX head in {onnx_dir} (`evo1-ros export-onnx` writes one)"
+    exported = json.loads(info.read_text()).get("num_steps")
+    steps = json.loads((Path(checkpoint) / "config.json").read_text()).get("num_steps")
+    if exported != steps:
+        return "torch", (f"the ONNX head in {onnx_dir} is unrolled for {exported} Euler steps, the checkpoint "
+                         f"samples {steps} (re-export with `evo1-ros export-onnx`)")
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "torch", "onnxruntime is not installed (pip install onnxruntime)"
+    return "onnx", (f"CPU and an exported ONNX head in {onnx_dir}: onnxruntime runs its Euler loop as one "
+                    "call, several times faster than the torch backend's step-by-step loop")
 
 
 class Evo1ChunkPolicy:
@@ -81,6 +124,7 @@ class Evo1ChunkPolicy:
         self.action_rate_hz = deployment.action_rate_hz
         self.chunk_mode = deployment.chunk_mode
         self.request_threshold = deployment.request_threshold
+        self.rtc_config = deployment.rtc
         self.rtc_refusal = engine.rtc_refusal
         self._action_mask = self.processor.action_mask(self.action_dim)
 
@@ -155,21 +199,41 @@ class Evo1ChunkPolicy:
         return actions if normalizer is None else normalizer.normalize("action", actions)
 
 
+def latency_refusal(extra_latency_ms) -> str | None:
+    """Why `extra_latency_ms` cannot be added to every chunk, or None."""
+    if isinstance(extra_latency_ms, bool) or not isinstance(extra_latency_ms, (int, float)) \
+            or not math.isfinite(extra_latency_ms) or extra_latency_ms < 0:
+        return f"extra latency must be a finite number of ms >= 0, got {extra_latency_ms!r}"
+    return None
+
+
 class DelayedPolicy:
     """Any ChunkPolicy with `extra_latency_ms` added to every chunk: it stands for a slower GPU or a
     remote policy, to see how a chunk mode copes with latency. Everything else is the wrapped
-    policy's (attributes are read through)."""
+    policy's (attributes are read through). The latency may be changed between chunks. `sleep`
+    waits that long on the caller's clock (a ROS node on sim time passes its clock's)."""
 
-    def __init__(self, policy, extra_latency_ms: float):
-        if not math.isfinite(extra_latency_ms) or extra_latency_ms < 0:
-            raise ValueError(f"extra latency must be a finite number of ms >= 0, got {extra_latency_ms}")
-        self.policy, self.extra_latency_s = policy, extra_latency_ms / 1000.0
+    def __init__(self, policy, extra_latency_ms: float, sleep: Callable[[float], object] = time.sleep):
+        self.policy, self.sleep = policy, sleep
+        self.extra_latency_ms = extra_latency_ms
+
+    @property
+    def extra_latency_ms(self) -> float:
+        return self._extra_latency_ms
+
+    @extra_latency_ms.setter
+    def extra_latency_ms(self, value: float) -> None:
+        if (reason := latency_refusal(value)) is not None:
+            raise ValueError(reason)
+        self._extra_latency_ms = float(value)
 
     def __getattr__(self, name):
+        if name == "policy":  # not yet set (copy, unpickling): never recurse into __getattr__
+            raise AttributeError(name)
         return getattr(self.policy, name)
 
     def predict_chunk(self, images, state, instruction, rtc: RTCInputs | None = None):
-        # A plain request goes through with three arguments: a policy without RTC need not take a fourth.
-        chunk = self.policy.predict_chunk(images, state, instruction, **({} if rtc is None else {"rtc": rtc}))
-        time.sleep(self.extra_latency_s)
+        chunk = predict(self.policy, images, state, instruction, rtc)
+        if self._extra_latency_ms > 0:  # read once per chunk: a change applies to the next
+            self.sleep(self._extra_latency_ms / 1000.0)
         return chunk

@@ -1,5 +1,5 @@
-"""Figures of a closed-loop run, without ROS: inference latency, the smoothness of what was commanded,
-and success rates with their Wilson 95 % intervals."""
+"""Figures of a closed-loop run, without ROS: inference latency, the smoothness of what was commanded
+(jerk, jumps at chunk seams), and success rates with their Wilson 95 % intervals."""
 
 from __future__ import annotations
 
@@ -8,18 +8,25 @@ import time
 
 import numpy as np
 
+from evo1_ros.runtime.policy import predict
+
 
 class TimedPolicy:
-    """A ChunkPolicy that times every `predict_chunk` of the one it wraps: the inference latency."""
+    """A ChunkPolicy that times every `predict_chunk` of the one it wraps: the inference latency.
+    Everything else is the wrapped policy's (attributes are read through, RTC inputs passed on)."""
 
     def __init__(self, policy):
         self.policy = policy
-        self.chunk_length, self.action_dim, self.num_views = policy.chunk_length, policy.action_dim, policy.num_views
         self.latencies: list[float] = []
 
-    def predict_chunk(self, images, state, instruction):
+    def __getattr__(self, name):
+        if name == "policy":  # not yet set: never recurse into __getattr__
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+    def predict_chunk(self, images, state, instruction, rtc=None):
         start = time.perf_counter()
-        chunk = self.policy.predict_chunk(images, state, instruction)
+        chunk = predict(self.policy, images, state, instruction, rtc)
         self.latencies.append(time.perf_counter() - start)
         return chunk
 
@@ -45,6 +52,22 @@ def commanded_path(windows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
         times.append(t[keep])
         positions.append(q[keep])
     return (np.concatenate(times), np.concatenate(positions)) if windows else (np.empty(0), np.empty((0, 6)))
+
+
+def largest_seam_jump(windows: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
+    """The largest jump (rad, any joint) the commanded targets take where a new plan takes over, from
+    the trajectory windows sent (as `commanded_path`): at each window's first point, how far it is
+    from where the previous window had the arm at that time (past its last point: that point, which
+    the driver holds). Windows of one plan agree there, so only seams count: a plan that replaces
+    another with a step, a crossfade's small first step, the stop and restart of a plan that ran
+    out. None with fewer than two windows."""
+    if len(windows) < 2:
+        return None
+    jumps = []
+    for (t_old, q_old), (t_new, q_new) in zip(windows, windows[1:]):
+        was = np.array([np.interp(t_new[0], t_old, q_old[:, j]) for j in range(q_old.shape[1])])
+        jumps.append(np.abs(q_new[0] - was).max())
+    return float(max(jumps))
 
 
 def mean_abs_jerk(times: np.ndarray, positions: np.ndarray, dt: float) -> float | None:
