@@ -7,6 +7,7 @@ required package that does not import is an error at the start of the run, and a
 one of them could not be imported fails its test.
 """
 
+import gc
 import importlib
 import importlib.util
 import os
@@ -57,6 +58,16 @@ def _fail_required_skip(report) -> None:
     if REQUIRE_ALL and report.skipped and (name := _required_import_skip(report)):
         report.outcome = "failed"
         report.longrepr = f"EVO1_ROS_REQUIRE_ALL=1: skipped because {name} could not be imported"
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_between_tests():
+    """Run the finalizers of a test's graph (nodes, SDK clients, renderers) before the next test:
+    on CPython < 3.12, a finalizer that imports while the garbage collector interrupts another
+    import on the same thread corrupts the import lock's bookkeeping (KeyError <thread id> from
+    importlib._bootstrap, python/cpython#87712), failing whatever test is importing then."""
+    yield
+    gc.collect()
 
 
 @pytest.hookimpl(hookwrapper=True)
