@@ -33,7 +33,7 @@ class SimBackend(DriverBackend):
         # when the loop does, instead of standing at the last command).
         self.lockstep = isinstance(self.world, LockstepWorld)
         self.stalls_stop_the_arm = not self.lockstep
-        self._period_ns = 0  # servo period; 0 until the loop says
+        self._period_ns = 0  # servo period; 0 until a servo loop says (physics then waits for no one)
         self._commanded_ns = -1  # the lockstep world's time at the last command; -1: none yet
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -54,7 +54,7 @@ class SimBackend(DriverBackend):
             owed = min(owed + (now - last) * self.speed, MAX_LAG_S)
             last = now
             steps = int(owed / dt)  # whole physics steps only, carrying the remainder: no drift
-            if self.lockstep:
+            if self.lockstep and self._period_ns:  # a servo loop drives this arm: wait for its commands
                 due = self._commanded_ns + self._period_ns if self._commanded_ns >= 0 else 0
                 steps = min(steps, max(0, (due - self.world.steps_ns) // round(dt * 1e9)))
             if steps:
