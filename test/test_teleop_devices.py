@@ -23,7 +23,7 @@ from evo1_ros.data import bag  # noqa: E402
 from evo1_ros.nodes.teleop import TeleopNode  # noqa: E402
 from evo1_ros.robot import topics, xarm6  # noqa: E402
 from evo1_ros.teleop.leader import RADIANS_PER_TICK, LeaderConfig, calibration_offsets  # noqa: E402
-from test_spacemouse import FULL, Enumeration, HidrawDevice  # noqa: E402
+from test_spacemouse import FULL, hid  # noqa: E402, F401  (hid: a SpaceMouse behind pyspacemouse's parsing)
 from test_teleop_node import Graph, override, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -105,17 +105,6 @@ def rig(tmp_path):
         made.close()
 
 
-@pytest.fixture
-def spacemouse(monkeypatch):
-    """A SpaceMouse Compact behind pyspacemouse's own enumeration and report parsing (test_spacemouse.py)."""
-    import pyspacemouse.api
-
-    device = HidrawDevice()
-    monkeypatch.setattr(Enumeration, "devices", [device])
-    monkeypatch.setattr(pyspacemouse.api, "Enumeration", Enumeration)
-    return device
-
-
 def every(period, publish, stop: threading.Event):
     """Call publish() every period s on a thread until `stop` is set (a device streaming)."""
     def run():
@@ -192,8 +181,7 @@ def drive_tcp(arm, goal, push, timeout=30.0):
     push(np.zeros(3))
 
 
-def test_spacemouse_drives_the_sim_arm_to_a_tcp_position_and_unplugging_it_holds_the_arm(rig, spacemouse):
-    hid = spacemouse
+def test_spacemouse_drives_the_sim_arm_to_a_tcp_position_and_unplugging_it_holds_the_arm(rig, hid):  # noqa: F811 (the fixture)
     arm = rig(source="spacemouse")
     wait_for(lambda: arm.teleop.target is not None, what="the SpaceMouse to be opened and streamed")
     start = arm.tcp()
