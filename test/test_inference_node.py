@@ -66,6 +66,7 @@ class Rig:
     def __init__(self, policy, tag, **params):
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
+        self.diagnostic_name = f"{tag}/evo1_inference: policy"  # the node's status on /diagnostics
         self.cams = [f"/{tag}/cam{i}/color/image_raw" for i in range(2)]
         # RampPolicy times its chunk from the moment it is called, which is the node's observation
         # time only when the node does not move it back to the frames' capture (tested on its own).
@@ -183,7 +184,7 @@ def test_slow_policy_never_delays_the_control_timer_nor_stalls_a_seam(rig_factor
     path = rig.received["path"][-1]
     assert path.header.frame_id == "link_base" and path.type == Marker.LINE_STRIP and len(path.points) == 32
     values = {kv.key: kv.value for d in rig.received["diagnostics"] for s in d.status
-              if s.name.startswith("evo1_inference") for kv in s.values}
+              if s.name == rig.diagnostic_name for kv in s.values}
     assert 100 <= float(values["inference_latency_ms"]) < 1000
     assert 0.5 * RATE < float(values["control_rate_hz"]) < 1.1 * RATE
     assert policy.calls[0][3] == [(24, 32, 3), (24, 32, 3)]
@@ -474,7 +475,7 @@ def test_follow_joint_trajectory_without_control_msgs_is_a_clear_error():
 
 def diagnostics(rig):
     """(level, message, values) of the inference node's latest diagnostics."""
-    status = [s for d in rig.received["diagnostics"] for s in d.status if s.name.startswith("evo1_inference")][-1]
+    status = [s for d in rig.received["diagnostics"] for s in d.status if s.name == rig.diagnostic_name][-1]
     return status.level, status.message, {kv.key: kv.value for kv in status.values}
 
 

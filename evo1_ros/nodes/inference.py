@@ -606,7 +606,9 @@ class InferenceNode(Node):
         else:
             level = DiagnosticStatus.WARN
             message = "paused" if self._paused else (self._far_first_action or rtc_warning or self._problem)
-        status = DiagnosticStatus(name="evo1_inference: policy", hardware_id="xarm6", level=level, message=message,
+        # named with the namespace: two arms' inference nodes report apart on the one /diagnostics topic
+        name = f"{self.get_fully_qualified_name().lstrip('/')}: policy"
+        status = DiagnosticStatus(name=name, hardware_id="xarm6", level=level, message=message,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = to_time(now)

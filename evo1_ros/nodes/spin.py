@@ -33,7 +33,11 @@ def run_nodes(build: Callable[[], list[Node]], name: str, args=None,
     the terminal's keys) the nodes spin on a thread while `foreground(nodes)` runs on this one, and
     its return ends the run as an interrupt does.
     A ValueError/RuntimeError while building is a configuration problem: one fatal line, status 1."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # A signal while the nodes are built is kept for afterwards: an interrupt inside a half-built
+    # node (a C call of rclpy's cut short) could leave it unable to be destroyed.
+    deferred: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda received, _frame: deferred.append(received))
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Node] = []
     spinner = None
@@ -43,6 +47,11 @@ def run_nodes(build: Callable[[], list[Node]], name: str, args=None,
         except (ValueError, RuntimeError) as e:
             rclpy.logging.get_logger(name).fatal(str(e))
             return 1
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.default_int_handler)
+        if deferred:
+            raise KeyboardInterrupt
         if foreground is None:
             executor = SingleThreadedExecutor()
             for node in nodes:
@@ -56,7 +65,8 @@ def run_nodes(build: Callable[[], list[Node]], name: str, args=None,
     finally:
         if spinner is not None:  # no callback may run on a destroyed node
             spinner.stop()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the teardown short
+            signal.signal(signum, signal.SIG_IGN)
         for node in reversed(nodes):
             node.destroy_node()
         rclpy.try_shutdown()
